@@ -1,0 +1,53 @@
+# ServiceLoop - every command a user needs. `make help` lists them.
+# Each target sets up what it needs on first use (virtualenv, install, embedded warehouse).
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+export XDG_RUNTIME_DIR ?= /tmp
+
+.DEFAULT_GOAL := help
+.PHONY: help install run test lint up down clean warehouse-start warehouse-stop format
+
+help: ## list the commands
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP) ## create .venv and install the project (done by every target on first use)
+
+run: $(STAMP) ## the main job: simulate 120 days, run ingest, dbt and drift through Airflow, print a summary
+	$(BIN)/serviceloop run
+
+test: $(STAMP) lint ## lint, then the whole test suite (what CI runs)
+	$(BIN)/pytest
+
+lint: $(STAMP) ## ruff (with Airflow's AIR rules) and sqlfluff
+	$(BIN)/ruff check plugins dags tests
+	$(BIN)/ruff format --check plugins dags tests
+	$(BIN)/sqlfluff lint dbt_project/models dbt_project/macros
+
+format: $(STAMP) ## apply ruff's formatting and fixes
+	$(BIN)/ruff format plugins dags tests
+	$(BIN)/ruff check --fix plugins dags tests
+
+up: $(STAMP) ## start the Airflow UI on 127.0.0.1:8080 with the pipeline's DAGs (prints the login)
+	$(BIN)/serviceloop up
+
+down: $(STAMP) ## stop the Airflow UI and the embedded warehouse
+	$(BIN)/serviceloop down --warehouse
+
+warehouse-start: $(STAMP) ## start the embedded PostgreSQL
+	$(BIN)/serviceloop warehouse start
+
+warehouse-stop: $(STAMP) ## stop the embedded PostgreSQL
+	$(BIN)/serviceloop warehouse stop
+
+clean: ## stop everything and remove the state folder (.serviceloop/)
+	-@test -x $(BIN)/serviceloop && $(BIN)/serviceloop down --warehouse >/dev/null 2>&1
+	rm -rf .serviceloop dbt_project/target dbt_project/logs

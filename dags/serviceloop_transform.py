@@ -1,0 +1,75 @@
+"""
+### serviceloop_transform
+
+Builds the KPI models with dbt (run by Astronomer Cosmos: one task per dbt node, each a
+`dbt build` of that node, so its tests run right after it) when the ingest has updated the
+raw tables. Publishes the `serviceloop.marts.kpi_daily` Asset that `serviceloop_drift`
+waits for.
+
+The dbt profile comes from the Airflow connection `serviceloop_warehouse`. The DAG is laid
+out from the dbt manifest that `serviceloop prepare` writes (`dbt parse`), so parsing this
+file runs no dbt command.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from airflow.sdk import Asset, dag, task
+from cosmos import DbtTaskGroup, ExecutionConfig, ProfileConfig, ProjectConfig, RenderConfig
+from cosmos.constants import ExecutionMode, InvocationMode, LoadMode, TestBehavior
+from cosmos.profiles import PostgresUserPasswordProfileMapping
+
+from serviceloop.settings import WAREHOUSE_CONN_ID, paths
+from serviceloop.sources import SOURCES, raw_table
+
+RAW_ASSETS = [
+    Asset(f"serviceloop.raw.{raw_table(s.name, e.name)}") for s in SOURCES.values() for e in s.entities
+]
+KPI_ASSET = Asset("serviceloop.marts.kpi_daily")
+
+
+@dag(
+    schedule=RAW_ASSETS,
+    start_date=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
+    catchup=False,
+    max_active_runs=1,
+    tags=["serviceloop", "dbt"],
+    default_args={"owner": "serviceloop", "retries": 1, "retry_delay": dt.timedelta(minutes=1)},
+    doc_md=__doc__,
+)
+def serviceloop_transform():
+    project = paths()
+    dbt = DbtTaskGroup(
+        group_id="dbt",
+        project_config=ProjectConfig(
+            dbt_project_path=project.dbt_project,
+            manifest_path=project.dbt_manifest,
+            install_dbt_deps=False,
+        ),
+        profile_config=ProfileConfig(
+            profile_name="serviceloop",
+            target_name="warehouse",
+            profile_mapping=PostgresUserPasswordProfileMapping(
+                conn_id=WAREHOUSE_CONN_ID, profile_args={"schema": "public"}
+            ),
+        ),
+        execution_config=ExecutionConfig(
+            execution_mode=ExecutionMode.LOCAL, invocation_mode=InvocationMode.DBT_RUNNER
+        ),
+        render_config=RenderConfig(
+            load_method=LoadMode.DBT_MANIFEST,
+            test_behavior=TestBehavior.BUILD,
+            # Asset URIs built from a unix-socket host are not valid; the DAG publishes its own.
+            emit_datasets=False,
+        ),
+    )
+
+    @task(outlets=[KPI_ASSET])
+    def publish_kpis() -> str:
+        return "marts.kpi_daily"
+
+    dbt >> publish_kpis()
+
+
+serviceloop_transform()

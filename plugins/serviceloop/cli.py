@@ -1,0 +1,195 @@
+"""The ``serviceloop`` command."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import logging
+import os
+import sys
+
+os.environ.setdefault("XDG_RUNTIME_DIR", "/tmp")
+
+
+def _date(text: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {text!r}") from None
+
+
+def _simulation_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--seed", type=int, default=7, help="random seed (same seed, same organisation)")
+    parser.add_argument("--start", type=_date, default=dt.date(2026, 6, 1), help="first simulated day")
+    parser.add_argument("--days", type=int, default=120, help="number of simulated days")
+    parser.add_argument("--tickets-per-day", type=int, default=200, help="mean tickets on a weekday")
+    parser.add_argument(
+        "--scenario",
+        action="append",
+        default=[],
+        help="inject a degradation, e.g. 'staffing_shortage(team=billing,start=2026-08-01,days=10,severity=0.5)'; "
+        "default: one staffing shortage",
+    )
+
+
+def _options(args):
+    from serviceloop.pipeline import RunOptions
+
+    return RunOptions(
+        seed=args.seed,
+        start=args.start,
+        days=args.days,
+        tickets_per_day=args.tickets_per_day,
+        scenarios=tuple(args.scenario),
+        simulate=not getattr(args, "no_simulate", False),
+    )
+
+
+def cmd_warehouse(args) -> int:
+    from serviceloop import warehouse
+
+    if args.action == "start":
+        info = warehouse.start()
+    elif args.action == "stop":
+        info = warehouse.stop()
+    else:
+        info = warehouse.status()
+    if args.action == "url":
+        print(warehouse.display_url() if info.running else "not running")
+        return 0 if info.running else 1
+    kind = "embedded" if info.embedded else "external"
+    state = "running" if info.running else "stopped"
+    detail = f" pid {info.pid}" if info.pid else ""
+    where = f" data in {info.pgdata}" if info.pgdata else ""
+    print(f"warehouse ({kind}): {state}{detail}{where}")
+    if info.running:
+        print(f"url: {warehouse.display_url()}")
+    return 0 if info.running or args.action == "stop" else 1
+
+
+def cmd_simulate(args) -> int:
+    from serviceloop import pipeline, warehouse
+
+    warehouse.start()
+    end = pipeline.simulate(_options(args))
+    print(f"simulated through {end:%Y-%m-%d}; ground truth in {pipeline.paths().ground_truth}")
+    return 0
+
+
+def cmd_prepare(args) -> int:
+    from serviceloop import pipeline
+
+    log_path = pipeline.paths().home / "logs" / "prepare.log"
+    pipeline.prepare(log_path)
+    print(f"warehouse, Airflow metadata and dbt manifest ready (log: {log_path})")
+    return 0
+
+
+def cmd_run(args) -> int:
+    from serviceloop import pipeline
+
+    return pipeline.run(_options(args))
+
+
+def cmd_summary(args) -> int:
+    from serviceloop import pipeline
+
+    pipeline.print_summary(pipeline.period_end(_options(args)))
+    return 0
+
+
+def cmd_up(args) -> int:
+    from serviceloop import airflow_env, pipeline
+
+    log_path = pipeline.paths().home / "logs" / "airflow-standalone.log"
+    pipeline.prepare(pipeline.paths().home / "logs" / "prepare.log")
+    pid = airflow_env.up(log_path)
+    print(f"Airflow starting (pid {pid}, log {log_path}) ...")
+    if not airflow_env.wait_for_ui():
+        print(f"the Airflow UI did not answer in time; see {log_path}", file=sys.stderr)
+        return 1
+    user, password = airflow_env.ui_login()
+    print(f"Airflow UI: http://{airflow_env.UI_HOST}:{airflow_env.UI_PORT}  login: {user} / {password}")
+    return 0
+
+
+def cmd_down(args) -> int:
+    from serviceloop import airflow_env, warehouse
+
+    stopped = airflow_env.down()
+    print("Airflow stopped" if stopped else "Airflow was not running")
+    if args.warehouse:
+        warehouse.stop()
+        print("warehouse stopped")
+    return 0
+
+
+def cmd_passthrough(tool: str, argv: list[str]) -> int:
+    import subprocess
+
+    from serviceloop import airflow_env
+
+    binary = airflow_env.airflow_bin() if tool == "airflow" else airflow_env.dbt_bin()
+    extra = []
+    if tool == "dbt" and argv and argv[0] not in ("--help", "-h"):
+        p = airflow_env.paths()
+        extra = ["--project-dir", str(p.dbt_project), "--target-path", str(p.dbt_target)]
+    return subprocess.run([binary, *argv, *extra], env=airflow_env.environment()).returncode
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="serviceloop", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="the main job: simulate, then run ingest, transform and drift through Airflow")
+    _simulation_args(p)
+    p.add_argument("--no-simulate", action="store_true", help="use the source systems as they are")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("warehouse", help="the embedded PostgreSQL")
+    p.add_argument("action", choices=["start", "stop", "status", "url"])
+    p.set_defaults(func=cmd_warehouse)
+
+    p = sub.add_parser("simulate", help="write a simulated helpdesk database and survey drop")
+    _simulation_args(p)
+    p.set_defaults(func=cmd_simulate)
+
+    p = sub.add_parser("prepare", help="start the warehouse, migrate Airflow's metadata, write the dbt manifest")
+    p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser("summary", help="print the summary of the last run")
+    _simulation_args(p)
+    p.set_defaults(func=cmd_summary)
+
+    p = sub.add_parser("up", help="start the Airflow UI, scheduler, DAG processor and triggerer in the background")
+    p.set_defaults(func=cmd_up)
+
+    p = sub.add_parser("down", help="stop what `up` started")
+    p.add_argument("--warehouse", action="store_true", help="also stop the embedded warehouse")
+    p.set_defaults(func=cmd_down)
+
+    sub.add_parser("airflow", help="run an airflow command in the project's environment", add_help=False)
+    sub.add_parser("dbt", help="run a dbt command against the warehouse", add_help=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in ("airflow", "dbt"):
+        return cmd_passthrough(argv[0], argv[1:])
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        return 130
+    except (RuntimeError, ValueError) as exc:
+        # Errors the user can act on (a warehouse that will not start, a failed DAG, a bad
+        # scenario) end with their message, not a traceback; the logs hold the detail.
+        print(f"serviceloop: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
