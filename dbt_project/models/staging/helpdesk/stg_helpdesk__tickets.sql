@@ -1,0 +1,62 @@
+with
+
+source as (
+
+    select * from {{ source('helpdesk', 'helpdesk__tickets') }}
+
+),
+
+-- A ticket is extracted again whenever it changes (and inside the overlap window):
+-- its latest version is the one with the latest updated_at, then the latest load.
+ranked as (
+
+    select
+        *,
+        row_number() over (
+            partition by ticket_id
+            order by updated_at desc, _loaded_at desc
+        ) as version_rank
+    from source
+
+),
+
+latest as (
+
+    select * from ranked
+    where version_rank = 1
+
+),
+
+final as (
+
+    select
+        ticket_id,
+        source_system,
+        created_at,
+        updated_at,
+        channel,
+        customer_id,
+        customer_segment,
+        category,
+        subcategory,
+        priority,
+        impact,
+        urgency,
+        team_id,
+        agent_id,
+        status,
+        first_response_at,
+        resolved_at,
+        closed_at,
+        reopen_count,
+        reassignment_count,
+        escalated,
+        resolution_code,
+        delay_cause,
+        _batch_id as batch_id,
+        _loaded_at as loaded_at
+    from latest
+
+)
+
+select * from final

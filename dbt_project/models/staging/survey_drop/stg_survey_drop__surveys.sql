@@ -1,0 +1,45 @@
+with
+
+source as (
+
+    select * from {{ source('survey_drop', 'survey_drop__surveys') }}
+
+),
+
+-- The same drop can be delivered twice; keep each survey's latest load.
+ranked as (
+
+    select
+        *,
+        row_number() over (
+            partition by survey_id
+            order by _loaded_at desc
+        ) as version_rank
+    from source
+
+),
+
+latest as (
+
+    select * from ranked
+    where version_rank = 1
+
+),
+
+final as (
+
+    select
+        survey_id,
+        ticket_id,
+        submitted_at,
+        csat,
+        nps,
+        complaint,
+        comment,
+        _batch_id as batch_id,
+        _loaded_at as loaded_at
+    from latest
+
+)
+
+select * from final

@@ -1,0 +1,122 @@
+"""The whole loop on a small simulated organisation, through Airflow, as `make run` runs it.
+
+Source -> ingest -> validation -> dbt -> Evidently drift -> review -> alert, on the embedded
+PostgreSQL of a state folder of its own. The simulator injects one staffing shortage; the
+loop must find it (right team, near its start) and nothing else, and a second run must
+change nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import psycopg2
+import pytest
+
+pytestmark = pytest.mark.slow
+
+START = dt.date(2026, 6, 1)
+DAYS = 70
+SHORTAGE = START + dt.timedelta(days=49)
+SCENARIO = f"staffing_shortage(team=tech_support,start={SHORTAGE},days=10,severity=0.5)"
+
+
+def _serviceloop(home: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "SERVICELOOP_HOME": str(home)}
+    env.pop("AIRFLOW_HOME", None)
+    env.pop("SERVICELOOP_WAREHOUSE_URL", None)
+    cmd = [str(Path(sys.executable).with_name("serviceloop")), *args]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1500)
+
+
+def _run(home: Path) -> subprocess.CompletedProcess:
+    proc = _serviceloop(
+        home, "run", "--days", str(DAYS), "--tickets-per-day", "120", "--start", str(START), "--scenario", SCENARIO
+    )
+    logs = sorted((home / "logs").glob("run-*.log"))
+    tail = logs[-1].read_text()[-6000:] if logs else ""
+    assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}\n--- log ---\n{tail}"
+    return proc
+
+
+def _snapshot(url: str) -> dict:
+    queries = {
+        "raw_tickets": "select count(*) from raw.helpdesk__tickets",
+        "raw_events": "select count(*) from raw.helpdesk__ticket_events",
+        "raw_surveys": "select count(*) from raw.survey_drop__surveys",
+        "quarantined": "select (select count(*) from quarantine.helpdesk__tickets)"
+        " + (select count(*) from quarantine.survey_drop__surveys)",
+        "fct_tickets": "select count(*) from marts.fct_tickets",
+        "kpi_rows": "select count(*) from marts.kpi_daily",
+        "findings": "select count(*) from monitoring.drift_findings where is_finding",
+        "reviews": "select array_agg(review_id order by review_id) from monitoring.improvement_reviews",
+        "alerts": "select array_agg(alert_key order by alert_key) from monitoring.alerts",
+        "kpi_checksum": "select md5(string_agg(k::text, '|' order by kpi_date, team_id)) from marts.kpi_daily as k",
+    }
+    with contextlib.closing(psycopg2.connect(url)) as conn, conn.cursor() as cur:
+        out = {}
+        for name, sql in queries.items():
+            cur.execute(sql)
+            out[name] = cur.fetchone()[0]
+    return out
+
+
+@pytest.fixture(scope="module")
+def loop(tmp_path_factory):
+    home = tmp_path_factory.mktemp("loop")
+    first = _run(home)
+    url = _serviceloop(home, "warehouse", "url").stdout.strip()
+    before = _snapshot(url)
+    second = _run(home)
+    after = _snapshot(url)
+    yield {"home": home, "url": url, "first": first, "second": second, "before": before, "after": after}
+    _serviceloop(home, "warehouse", "stop")
+
+
+def test_the_injected_shortage_is_found_on_the_right_team_near_its_start(loop):
+    with contextlib.closing(psycopg2.connect(loop["url"])) as conn, conn.cursor() as cur:
+        cur.execute("select segment, metric, since, detected_on from monitoring.improvement_reviews")
+        reviews = cur.fetchall()
+    assert reviews, "the staffing shortage opened no review"
+    assert {segment for segment, *_ in reviews} == {"tech_support"}, f"reviews on untouched teams: {reviews}"
+    assert "resolution_time" in {metric for _s, metric, *_ in reviews}
+    first_since = min(since for *_x, since, _d in reviews)
+    assert abs((first_since - SHORTAGE).days) <= 2, f"found since {first_since}, shortage began {SHORTAGE}"
+    first_detected = min(detected for *_x, detected in reviews)
+    assert 0 <= (first_detected - SHORTAGE).days <= 7
+
+
+def test_every_record_read_is_loaded_or_quarantined_and_bad_ones_are_caught(loop):
+    truth = json.loads((loop["home"] / "simulation" / "ground_truth.json").read_text())
+    bad = {entity: len(items) for entity, items in truth["bad_records"].items()}
+    with contextlib.closing(psycopg2.connect(loop["url"])) as conn, conn.cursor() as cur:
+        cur.execute("select entity, sum(rows_read), sum(rows_loaded), sum(rows_quarantined) from ops.batches group by 1")
+        batches = {entity: (read, loaded, quarantined) for entity, read, loaded, quarantined in cur.fetchall()}
+    for entity, (read, loaded, quarantined) in batches.items():
+        assert read == loaded + quarantined, entity
+        assert quarantined == bad.get(entity, 0), f"{entity}: quarantined {quarantined}, injected {bad.get(entity)}"
+    assert batches["tickets"][0] > DAYS * 50
+
+
+def test_one_alert_per_review_in_the_outbox(loop):
+    outbox = sorted((loop["home"] / "outbox").glob("*.eml"))
+    assert [p.name.removesuffix(".opened.eml") for p in outbox] == sorted(loop["after"]["reviews"])
+    assert all("jonas.berg@serviceloop.example" in p.read_text() for p in outbox)
+
+
+def test_the_summary_reports_counts_findings_and_alerts(loop):
+    out = loop["first"].stdout
+    for expected in ("read", "quarantined", "KPI rows built", "tech_support", "resolution_time", "Alerts written"):
+        assert expected in out, expected
+    assert str(loop["home"] / "outbox") in out
+
+
+def test_a_second_run_changes_nothing(loop):
+    assert loop["after"] == loop["before"]
+    assert loop["before"]["kpi_rows"] > 0 and loop["before"]["fct_tickets"] > 0
