@@ -23,7 +23,7 @@ from serviceloop.sources import SOURCES, raw_table
 
 
 @dag(
-    schedule=CronDataIntervalTimetable("0 1 * * *", timezone="UTC"),
+    schedule=CronDataIntervalTimetable("0 0 * * *", timezone="UTC"),
     start_date=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
     catchup=False,
     max_active_runs=1,

@@ -23,9 +23,7 @@ from cosmos.profiles import PostgresUserPasswordProfileMapping
 from serviceloop.settings import WAREHOUSE_CONN_ID, paths
 from serviceloop.sources import SOURCES, raw_table
 
-RAW_ASSETS = [
-    Asset(f"serviceloop.raw.{raw_table(s.name, e.name)}") for s in SOURCES.values() for e in s.entities
-]
+RAW_ASSETS = [Asset(f"serviceloop.raw.{raw_table(s.name, e.name)}") for s in SOURCES.values() for e in s.entities]
 KPI_ASSET = Asset("serviceloop.marts.kpi_daily")
 
 
@@ -54,12 +52,12 @@ def serviceloop_transform():
                 conn_id=WAREHOUSE_CONN_ID, profile_args={"schema": "public"}
             ),
         ),
-        execution_config=ExecutionConfig(
-            execution_mode=ExecutionMode.LOCAL, invocation_mode=InvocationMode.DBT_RUNNER
-        ),
+        execution_config=ExecutionConfig(execution_mode=ExecutionMode.LOCAL, invocation_mode=InvocationMode.DBT_RUNNER),
         render_config=RenderConfig(
             load_method=LoadMode.DBT_MANIFEST,
             test_behavior=TestBehavior.BUILD,
+            # A relationships test has two parents; it runs in its own task once both exist.
+            should_detach_multiple_parents_tests=True,
             # Asset URIs built from a unix-socket host are not valid; the DAG publishes its own.
             emit_datasets=False,
         ),

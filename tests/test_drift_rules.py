@@ -48,5 +48,10 @@ def test_onset_finds_the_day_the_level_changed():
         for v in rng.normal(level, 2.0, 40):
             days.append(np.datetime64(day))
             values.append(v)
-    found = onset(np.array(days, dtype="datetime64[D]"), np.array(values), start + dt.timedelta(days=28), start + dt.timedelta(days=34))
+    found = onset(
+        np.array(days, dtype="datetime64[D]"),
+        np.array(values),
+        start + dt.timedelta(days=28),
+        start + dt.timedelta(days=34),
+    )
     assert found == start + dt.timedelta(days=31)

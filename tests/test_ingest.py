@@ -87,7 +87,9 @@ def test_every_row_read_is_loaded_or_quarantined_with_its_reasons(db):
     assert quarantined[0][1] == ["channel_in_vocabulary"]
     assert sorted(quarantined[1][1]) == ["customer_id_present", "reopen_count_is_non_negative_integer"]
     assert quarantined[1][0]["reopen_count"] == "-1", "the original value is kept"
-    assert _count(db, "select rows_read from ops.batches where batch_id = %s", batch_id("helpdesk", "tickets", DAY2)) == 4
+    assert (
+        _count(db, "select rows_read from ops.batches where batch_id = %s", batch_id("helpdesk", "tickets", DAY2)) == 4
+    )
 
 
 def test_rerunning_an_interval_replaces_its_batch(db):
@@ -135,7 +137,7 @@ def test_survey_drop_files_with_bom_and_bad_values(fresh_db, tmp_path):
         SURVEY_HEADER
         + "S-1,HD-1,2026-06-01T10:00:00+00:00,5,9,false,Très bien 非常好\n"
         + "S-2,HD-2,31/02/2026 25:00,4,8,false,\n"
-        + "S-3,HD-3,2026-06-01 12:30:00Z,9,3,true,\"slow, and nobody called back\"\n",
+        + 'S-3,HD-3,2026-06-01 12:30:00Z,9,3,true,"slow, and nobody called back"\n',
         encoding="utf-8-sig",
     )
     (folder / "surveys_20260602.csv").write_text(SURVEY_HEADER + "S-4,HD-4,2026-06-02T09:00:00+00:00,,,false,\n")

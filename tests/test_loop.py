@@ -96,7 +96,9 @@ def test_every_record_read_is_loaded_or_quarantined_and_bad_ones_are_caught(loop
     truth = json.loads((loop["home"] / "simulation" / "ground_truth.json").read_text())
     bad = {entity: len(items) for entity, items in truth["bad_records"].items()}
     with contextlib.closing(psycopg2.connect(loop["url"])) as conn, conn.cursor() as cur:
-        cur.execute("select entity, sum(rows_read), sum(rows_loaded), sum(rows_quarantined) from ops.batches group by 1")
+        cur.execute(
+            "select entity, sum(rows_read), sum(rows_loaded), sum(rows_quarantined) from ops.batches group by 1"
+        )
         batches = {entity: (read, loaded, quarantined) for entity, read, loaded, quarantined in cur.fetchall()}
     for entity, (read, loaded, quarantined) in batches.items():
         assert read == loaded + quarantined, entity

@@ -52,12 +52,12 @@ def _finding(conn, team: str, metric: str, as_of: dt.date, effect: float, is_fin
 
 def test_repeated_findings_extend_one_review_and_alert_once(conn, tmp_path):
     day = dt.date(2026, 9, 1)
-    first = _finding(conn, "tech_support", "resolution_time", day, 0.8)
+    first = _finding(conn, "tech_support", "resolution_time", day, 2.5)
     opened = reviews.open_from_findings(conn, [first])
     conn.commit()
     assert opened.opened == ["R-tech_support-resolution_time-20260901"]
 
-    later = [_finding(conn, "tech_support", "resolution_time", day + dt.timedelta(days=i), 0.9) for i in (1, 2)]
+    later = [_finding(conn, "tech_support", "resolution_time", day + dt.timedelta(days=i), 2.6) for i in (1, 2)]
     again = reviews.open_from_findings(conn, later)
     conn.commit()
     assert again.opened == [] and again.evidence_added == 2
@@ -83,7 +83,7 @@ def test_repeated_findings_extend_one_review_and_alert_once(conn, tmp_path):
     assert msg["To"] == "jonas.berg@serviceloop.example"
     assert msg["Subject"] == "[ServiceLoop] Resolution time worse for Technical Support since 2026-08-30"
     body = msg.get_content()
-    assert "median 10.0 h -> 18.0 h (+80%)" in body
+    assert "median 10.0 h -> 35.0 h (+250%)" in body
     assert "stage 3. collaborative execution" in body
     assert "file:///reports/drift/tech_support/2026-09-01.html" in body
     assert "due 2026-09-04" in body
@@ -92,7 +92,7 @@ def test_repeated_findings_extend_one_review_and_alert_once(conn, tmp_path):
 def test_a_non_finding_opens_nothing_and_segments_stay_apart(conn, tmp_path):
     day = dt.date(2026, 9, 1)
     quiet = _finding(conn, "billing", "csat", day, 0.01, is_finding=False)
-    a = _finding(conn, "billing", "sla_breach", day, 0.06)
+    a = _finding(conn, "billing", "sla_breach", day, 0.09)
     b = _finding(conn, "accounts", "sla_breach", day, 0.2)
     result = reviews.open_from_findings(conn, [quiet, a, b])
     conn.commit()

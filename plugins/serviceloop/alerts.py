@@ -47,16 +47,16 @@ def compose(review: dict) -> EmailMessage:
     change = _describe_change(review["metric"], review["reference_value"], review["current_value"], review["effect"])
     subject = f"[ServiceLoop] {m.label} worse for {review['team_name'] or review['segment']} since {review['since']}"
     report = Path(review["report_path"]).as_uri() if review["report_path"] else "(no report)"
-    body = f"""Hello {review['owner_name'] or 'team owner'},
+    body = f"""Hello {review["owner_name"] or "team owner"},
 
 ServiceLoop found a lasting change for the worse and opened an improvement review for you.
 
 What moved:   {m.label}
 By how much:  {change}
-Where:        {review['segment_type']} {review['team_name'] or review['segment']}, stage {m.stage}
-Since:        {review['since']} (detected on {review['detected_on']}; last 7 days against the 4 weeks before)
-Severity:     {review['severity']}
-Review:       {review['review_id']}, due {review['due_date']}
+Where:        {review["segment_type"]} {review["team_name"] or review["segment"]}, stage {m.stage}
+Since:        {review["since"]} (detected on {review["detected_on"]}; last 7 days against the 4 weeks before)
+Severity:     {review["severity"]}
+Review:       {review["review_id"]}, due {review["due_date"]}
 Report:       {report}
 
 The change is statistically real (Evidently {m.method} test), larger than the minimum

@@ -92,10 +92,7 @@ def read_sql(
         where = f"{entity.watermark} < %(end)s"
         if window_start is not None:
             where = f"{entity.watermark} >= %(start)s and {where}"
-        query = (
-            f"select {', '.join(columns)} from {table} where {where} "
-            f"order by {entity.watermark}, {entity.key}"
-        )
+        query = f"select {', '.join(columns)} from {table} where {where} order by {entity.watermark}, {entity.key}"
         # A named cursor is server-side: rows arrive chunk by chunk, never all at once.
         with conn.cursor(name=f"extract_{table}") as cur:
             cur.itersize = chunk_rows

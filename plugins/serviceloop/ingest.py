@@ -117,9 +117,7 @@ def ingest_batch(
         reasons: Counter[str] = Counter()
         warnings: Counter[str] = Counter()
         max_watermark = None
-        chunks: Iterator[pd.DataFrame] = _chunks(
-            source, entity_name, window_start, interval_end, source_dsn, drop_root
-        )
+        chunks: Iterator[pd.DataFrame] = _chunks(source, entity_name, window_start, interval_end, source_dsn, drop_root)
         for chunk in chunks:
             offset = result.rows_read
             result.rows_read += len(chunk)

@@ -10,6 +10,7 @@ a summary read back from the warehouse.
 from __future__ import annotations
 
 import datetime as dt
+import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -21,7 +22,8 @@ from rich.table import Table
 from serviceloop import airflow_env, warehouse
 from serviceloop.settings import HELPDESK_DB, paths
 
-console = Console(highlight=False)
+# Piped output (CI, logs) gets a width that fits the summary's tables instead of rich's 80.
+console = Console(highlight=False, width=None if sys.stdout.isatty() else 150)
 
 
 @dataclass
@@ -64,11 +66,14 @@ def simulate(options: RunOptions) -> dt.datetime:
     from serviceloop.simulator import write_ground_truth, write_helpdesk, write_survey_drop
 
     p = paths()
+    end = period_end(options)
     data = run_simulation(simulation_config(options))
-    write_helpdesk(data, warehouse.url(HELPDESK_DB))
-    write_survey_drop(data, p.survey_drop)
+    # The source systems as they stood when the period ended: tickets still open then are
+    # open in the helpdesk, and the survey tool has exported every complete day.
+    write_helpdesk(data, warehouse.url(HELPDESK_DB), as_of=end)
+    write_survey_drop(data, p.survey_drop, as_of=end)
     write_ground_truth(data, p.ground_truth)
-    return period_end(options)
+    return end
 
 
 def period_end(options: RunOptions) -> dt.datetime:
@@ -152,9 +157,7 @@ def print_summary(end: dt.datetime) -> None:
         table.add_row(source, entity, str(read), str(loaded), str(quarantined))
     console.print(table)
     console.print(f"KPI rows built (marts.kpi_daily, team x day): {s['kpi_rows']}")
-    console.print(
-        f"Drift evaluations (team x metric x day): {s['evaluations']}, of them findings: {s['finding_days']}"
-    )
+    console.print(f"Drift evaluations (team x metric x day): {s['evaluations']}, of them findings: {s['finding_days']}")
     reviews = Table(title="Improvement reviews (one per team and metric)")
     for col in ("review", "team", "metric", "reference -> current", "since", "detected", "evidence", "owner"):
         reviews.add_column(col)

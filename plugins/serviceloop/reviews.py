@@ -52,7 +52,7 @@ def open_from_findings(conn, finding_ids: list[str] | None = None) -> ReviewResu
             {"ids": finding_ids},
         )
         findings = cur.fetchall()
-        for (fid, seg_type, seg, metric, as_of, since, ref_v, cur_v, effect, unit, report, owner, email) in findings:
+        for fid, seg_type, seg, metric, as_of, since, ref_v, cur_v, effect, unit, report, owner, email in findings:
             cur.execute(
                 """
                 select review_id from monitoring.improvement_reviews

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from serviceloop.contract import ENTITIES, Entity
 from serviceloop.settings import HELPDESK_CONN_ID
 
+
 @dataclass(frozen=True)
 class SqlSource:
     """A helpdesk application's own database, read table by table."""

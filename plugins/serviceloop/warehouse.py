@@ -125,9 +125,7 @@ def status() -> ServerInfo:
     info = _postmaster_info(pgdata)
     if info is None:
         return ServerInfo(embedded=True, running=False, url=None, pgdata=pgdata)
-    return ServerInfo(
-        embedded=True, running=True, url=_embedded_url(info, WAREHOUSE_DB), pid=info.pid, pgdata=pgdata
-    )
+    return ServerInfo(embedded=True, running=True, url=_embedded_url(info, WAREHOUSE_DB), pid=info.pid, pgdata=pgdata)
 
 
 def url(database: str = WAREHOUSE_DB) -> str:
