@@ -6,22 +6,9 @@ source as (
 
 ),
 
-ranked as (
-
-    select
-        *,
-        row_number() over (
-            partition by agent_id
-            order by updated_at desc, _loaded_at desc
-        ) as version_rank
-    from source
-
-),
-
 latest as (
 
-    select * from ranked
-    where version_rank = 1
+    {{ latest_version('source', 'agent_id', 'updated_at desc, _loaded_at desc') }}
 
 ),
 

@@ -6,22 +6,9 @@ source as (
 
 ),
 
-ranked as (
-
-    select
-        *,
-        row_number() over (
-            partition by shift_id
-            order by _loaded_at desc
-        ) as version_rank
-    from source
-
-),
-
 latest as (
 
-    select * from ranked
-    where version_rank = 1
+    {{ latest_version('source', 'shift_id') }}
 
 ),
 

@@ -8,22 +8,9 @@ source as (
 
 -- Events do not change once they happened; an event read by two overlapping
 -- extractions keeps its latest load.
-ranked as (
-
-    select
-        *,
-        row_number() over (
-            partition by event_id
-            order by _loaded_at desc
-        ) as version_rank
-    from source
-
-),
-
 latest as (
 
-    select * from ranked
-    where version_rank = 1
+    {{ latest_version('source', 'event_id') }}
 
 ),
 

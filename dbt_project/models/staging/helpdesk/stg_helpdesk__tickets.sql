@@ -8,22 +8,9 @@ source as (
 
 -- A ticket is extracted again whenever it changes (and inside the overlap window):
 -- its latest version is the one with the latest updated_at, then the latest load.
-ranked as (
-
-    select
-        *,
-        row_number() over (
-            partition by ticket_id
-            order by updated_at desc, _loaded_at desc
-        ) as version_rank
-    from source
-
-),
-
 latest as (
 
-    select * from ranked
-    where version_rank = 1
+    {{ latest_version('source', 'ticket_id', 'updated_at desc, _loaded_at desc') }}
 
 ),
 

@@ -7,22 +7,9 @@ source as (
 ),
 
 -- The same drop can be delivered twice; keep each survey's latest load.
-ranked as (
-
-    select
-        *,
-        row_number() over (
-            partition by survey_id
-            order by _loaded_at desc
-        ) as version_rank
-    from source
-
-),
-
 latest as (
 
-    select * from ranked
-    where version_rank = 1
+    {{ latest_version('source', 'survey_id') }}
 
 ),
 
