@@ -34,6 +34,10 @@ def _simulation_args(parser: argparse.ArgumentParser) -> None:
 
 def _options(args):
     from serviceloop.pipeline import RunOptions
+    from serviceloop.simulator import parse_scenario
+
+    for text in args.scenario:
+        parse_scenario(text)  # a typo fails here, before anything is started
 
     return RunOptions(
         seed=args.seed,
