@@ -87,6 +87,8 @@ def test_repeated_findings_extend_one_review_and_alert_once(conn, tmp_path):
     assert "stage 3. collaborative execution" in body
     assert "file:///reports/drift/tech_support/2026-09-01.html" in body
     assert "due 2026-09-04" in body
+    assert "Mann-Whitney U" in body and "+100% on the median" in body
+    assert msg["Message-ID"] == "<R-tech_support-resolution_time-20260901.opened@serviceloop.localhost>"
 
 
 def test_a_non_finding_opens_nothing_and_segments_stay_apart(conn, tmp_path):

@@ -15,7 +15,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from email import policy
 from email.message import EmailMessage
-from email.utils import format_datetime, make_msgid
+from email.utils import format_datetime
 from pathlib import Path
 
 from serviceloop.drift import METRICS_BY_NAME
@@ -59,8 +59,8 @@ Severity:     {review["severity"]}
 Review:       {review["review_id"]}, due {review["due_date"]}
 Report:       {report}
 
-The change is statistically real (Evidently {m.method} test), larger than the minimum
-that matters ({m.min_effect:g} {m.effect_unit}) and based on enough tickets on both sides.
+The change is statistically real (Evidently, {m.test_name} test), larger than the
+minimum that matters ({m.min_effect_text}) and based on enough tickets on both sides.
 
 -- ServiceLoop
 """
@@ -69,9 +69,10 @@ that matters ({m.min_effect:g} {m.effect_unit}) and based on enough tickets on b
     msg["To"] = review["owner_email"] or "unrouted@localhost"
     msg["Subject"] = subject
     msg["Date"] = format_datetime(dt.datetime.combine(review["detected_on"], dt.time(), dt.UTC))
-    msg["Message-ID"] = make_msgid(idstring=review["review_id"], domain="serviceloop.localhost")
+    # Derived from the review, so a message written again after a crash is the same message.
+    msg["Message-ID"] = f"<{review['review_id']}.opened@serviceloop.localhost>"
     msg["X-ServiceLoop-Review"] = review["review_id"]
-    msg.set_content(body)
+    msg.set_content(body, cte="8bit")
     return msg
 
 

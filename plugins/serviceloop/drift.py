@@ -63,6 +63,18 @@ class Metric:
     stage: str  # where in the five-stage service process the metric is measured
     threshold: float = 0.01
 
+    @property
+    def test_name(self) -> str:
+        return {"mannw": "Mann-Whitney U", "z": "two-proportion z"}.get(self.method, self.method)
+
+    @property
+    def min_effect_text(self) -> str:
+        if self.kind == "continuous":
+            return f"{self.min_effect:+.0%} on the median"
+        if self.kind == "binary":
+            return f"{self.min_effect * 100:g} percentage points"
+        return f"{self.min_effect:g} points"
+
 
 METRICS: tuple[Metric, ...] = (
     Metric(

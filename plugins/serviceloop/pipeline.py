@@ -160,7 +160,7 @@ def print_summary(end: dt.datetime) -> None:
     console.print(f"Drift evaluations (team x metric x day): {s['evaluations']}, of them findings: {s['finding_days']}")
     reviews = Table(title="Improvement reviews (one per team and metric)")
     for col in ("review", "team", "metric", "reference -> current", "since", "detected", "evidence", "owner"):
-        reviews.add_column(col)
+        reviews.add_column(col, overflow="fold")
     for seg, metric, ref_v, cur_v, effect, since, detected, rid, _status, owner, _report, evidence in s["reviews"]:
         reviews.add_row(
             rid, seg, metric, _describe_change(metric, ref_v, cur_v, effect), str(since), str(detected),
