@@ -98,7 +98,8 @@ def cmd_run(args) -> int:
 def cmd_summary(args) -> int:
     from serviceloop import pipeline
 
-    pipeline.print_summary(pipeline.period_end(_options(args)))
+    pipeline.warehouse.start()
+    pipeline.print_summary()
     return 0
 
 
@@ -162,8 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("prepare", help="start the warehouse, migrate Airflow's metadata, write the dbt manifest")
     p.set_defaults(func=cmd_prepare)
 
-    p = sub.add_parser("summary", help="print the summary of the last run")
-    _simulation_args(p)
+    p = sub.add_parser("summary", help="print the summary of the latest interval loaded")
     p.set_defaults(func=cmd_summary)
 
     p = sub.add_parser("up", help="start the Airflow UI, scheduler, DAG processor and triggerer in the background")

@@ -115,7 +115,7 @@ def run(options: RunOptions) -> int:
 def summary(end: dt.datetime) -> dict:
     """Everything the run summary shows, read from the warehouse."""
     from serviceloop.ingest import batch_id
-    from serviceloop.sources import SOURCES
+    from serviceloop.sources import SOURCES, raw_table
 
     out: dict = {"batches": [], "findings": [], "reviews": [], "alerts": []}
     with warehouse.connect() as conn, conn.cursor() as cur:
@@ -127,7 +127,16 @@ def summary(end: dt.datetime) -> dict:
                 )
                 row = cur.fetchone()
                 if row:
-                    out["batches"].append((source.name, entity.name, *row))
+                    cur.execute(
+                        f"""
+                        select rule, count(*) from quarantine.{raw_table(source.name, entity.name)},
+                            unnest(failed_rules) as rule
+                        where batch_id = %s group by rule order by count(*) desc, rule
+                        """,
+                        (batch_id(source.name, entity.name, end),),
+                    )
+                    reasons = ", ".join(f"{rule} {n}" for rule, n in cur.fetchall())
+                    out["batches"].append((source.name, entity.name, *row, reasons))
         cur.execute("select count(*) from marts.kpi_daily")
         out["kpi_rows"] = cur.fetchone()[0]
         cur.execute("select count(*), count(*) filter (where is_finding) from monitoring.drift_findings")
@@ -146,15 +155,26 @@ def summary(end: dt.datetime) -> dict:
     return out
 
 
-def print_summary(end: dt.datetime) -> None:
+def latest_interval_end() -> dt.datetime | None:
+    with warehouse.connect() as conn, conn.cursor() as cur:
+        cur.execute("select max(interval_end) from ops.batches")
+        return cur.fetchone()[0]
+
+
+def print_summary(end: dt.datetime | None = None) -> None:
     from serviceloop.alerts import _describe_change
 
+    end = end or latest_interval_end()
+    if end is None:
+        console.print("Nothing has been loaded yet: run `serviceloop run` first.")
+        return
     s = summary(end)
     table = Table(title=f"Ingest of the interval ending {end:%Y-%m-%d %H:%M} UTC")
     for col in ("source", "entity", "read", "loaded", "quarantined"):
         table.add_column(col, justify="right" if col in ("read", "loaded", "quarantined") else "left")
-    for source, entity, read, loaded, quarantined in s["batches"]:
-        table.add_row(source, entity, str(read), str(loaded), str(quarantined))
+    table.add_column("quarantined because (rule rows)", overflow="fold")
+    for source, entity, read, loaded, quarantined, reasons in s["batches"]:
+        table.add_row(source, entity, str(read), str(loaded), str(quarantined), reasons)
     console.print(table)
     console.print(f"KPI rows built (marts.kpi_daily, team x day): {s['kpi_rows']}")
     console.print(f"Drift evaluations (team x metric x day): {s['evaluations']}, of them findings: {s['finding_days']}")
