@@ -73,6 +73,9 @@ def environment() -> dict[str, str]:
     env = dict(os.environ)
     env.update(
         {
+            # Airflow starts its own components by name (`airflow scheduler`, ...): the
+            # virtualenv's bin comes first so they are this installation's.
+            "PATH": os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")]),
             "SERVICELOOP_HOME": str(p.home),
             "XDG_RUNTIME_DIR": env.get("XDG_RUNTIME_DIR", "/tmp"),
             "AIRFLOW_HOME": str(home),
