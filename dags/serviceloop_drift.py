@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import datetime as dt
 
-from airflow.sdk import Asset, dag, task
+from airflow.sdk import dag, task
+
+from serviceloop.assets import KPI_DAILY
 
 
 @dag(
-    schedule=[Asset("serviceloop.marts.kpi_daily")],
+    schedule=[KPI_DAILY],
     start_date=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
     catchup=False,
     max_active_runs=1,

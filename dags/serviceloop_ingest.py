@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import datetime as dt
 
-from airflow.sdk import Asset, CronDataIntervalTimetable, dag, task
+from airflow.sdk import CronDataIntervalTimetable, dag, task
 
+from serviceloop.assets import raw_asset
 from serviceloop.sources import SOURCES, raw_table
 
 
@@ -36,7 +37,7 @@ def serviceloop_ingest():
         for entity in source.entities:
             table = raw_table(source.name, entity.name)
 
-            @task(task_id=table, outlets=[Asset(f"serviceloop.raw.{table}")])
+            @task(task_id=table, outlets=[raw_asset(source.name, entity.name)])
             def load(source_name: str, entity_name: str, data_interval_start=None, data_interval_end=None) -> dict:
                 from serviceloop.tasks import ingest_entity
 

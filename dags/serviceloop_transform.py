@@ -15,16 +15,13 @@ from __future__ import annotations
 
 import datetime as dt
 
-from airflow.sdk import Asset, dag, task
+from airflow.sdk import dag, task
 from cosmos import DbtTaskGroup, ExecutionConfig, ProfileConfig, ProjectConfig, RenderConfig
 from cosmos.constants import ExecutionMode, InvocationMode, LoadMode, TestBehavior
 from cosmos.profiles import PostgresUserPasswordProfileMapping
 
+from serviceloop.assets import KPI_DAILY, RAW_ASSETS
 from serviceloop.settings import WAREHOUSE_CONN_ID, paths
-from serviceloop.sources import SOURCES, raw_table
-
-RAW_ASSETS = [Asset(f"serviceloop.raw.{raw_table(s.name, e.name)}") for s in SOURCES.values() for e in s.entities]
-KPI_ASSET = Asset("serviceloop.marts.kpi_daily")
 
 
 @dag(
@@ -63,7 +60,7 @@ def serviceloop_transform():
         ),
     )
 
-    @task(outlets=[KPI_ASSET])
+    @task(outlets=[KPI_DAILY])
     def publish_kpis() -> str:
         return "marts.kpi_daily"
 

@@ -74,3 +74,17 @@ def test_parsing_imports_no_heavy_library(path: Path):
     )
     out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+def _scheduled_on(dag) -> set[str]:
+    return {asset.name for asset in dag.timetable.asset_condition.objects}
+
+
+def test_the_dags_form_one_chain_through_their_assets(dagbag):
+    """transform waits for everything ingest emits; drift waits for what transform publishes."""
+    ingest, transform, drift = (
+        dagbag.dags[d] for d in ("serviceloop_ingest", "serviceloop_transform", "serviceloop_drift")
+    )
+    emitted = {a.name for t in ingest.tasks for a in t.outlets}
+    assert _scheduled_on(transform) == emitted
+    assert _scheduled_on(drift) == {a.name for a in transform.get_task("publish_kpis").outlets}
