@@ -93,6 +93,10 @@ def environment() -> dict[str, str]:
             "AIRFLOW__API__BASE_URL": f"http://{UI_HOST}:{UI_PORT}",
             "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://{UI_HOST}:{UI_PORT}/execution/",
             "AIRFLOW__LOGGING__LOGGING_LEVEL": env.get("AIRFLOW__LOGGING__LOGGING_LEVEL", "INFO"),
+            # Cosmos keeps dbt's partial-parse state in a cache shared by default by everything
+            # on the machine (/tmp/cosmos); installations with other warehouses would keep
+            # invalidating each other's and every dbt task would parse the project anew.
+            "AIRFLOW__COSMOS__CACHE_DIR": env.get("AIRFLOW__COSMOS__CACHE_DIR", str(p.home / "cosmos")),
             f"AIRFLOW_CONN_{WAREHOUSE_CONN_ID.upper()}": _connection(WAREHOUSE_DB),
             f"AIRFLOW_CONN_{HELPDESK_CONN_ID.upper()}": _connection(HELPDESK_DB),
             "DO_NOT_TRACK": "1",
@@ -103,6 +107,17 @@ def environment() -> dict[str, str]:
     )
     env.setdefault("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", warehouse.sqlalchemy_url(AIRFLOW_DB))
     return env
+
+
+def worker_hostname() -> str:
+    """The host a task instance records: ``SERVICELOOP_WORKER_NAME`` when set, else the FQDN.
+
+    Set as ``AIRFLOW__CORE__HOSTNAME_CALLABLE=serviceloop.airflow_env.worker_hostname``, it
+    tells apart several Celery workers on one machine, which would all report its FQDN.
+    """
+    import socket
+
+    return os.environ.get("SERVICELOOP_WORKER_NAME") or socket.getfqdn()
 
 
 def airflow_bin() -> str:

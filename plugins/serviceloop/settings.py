@@ -70,7 +70,8 @@ class Paths:
 
     @property
     def dbt_target(self) -> Path:
-        return self.home / "dbt" / "target"
+        # An image can carry the manifest it was built with outside the state folder.
+        return _path("SERVICELOOP_DBT_TARGET_DIR", self.home / "dbt" / "target")
 
     @property
     def dbt_manifest(self) -> Path:
@@ -87,5 +88,7 @@ WAREHOUSE_CONN_ID = "serviceloop_warehouse"
 HELPDESK_CONN_ID = "serviceloop_helpdesk"
 
 WAREHOUSE_DB = "serviceloop"
-AIRFLOW_DB = "serviceloop_airflow"
-HELPDESK_DB = "helpdesk"
+# Airflow's metadata and the simulated helpdesk sit beside the warehouse on its server; on a
+# shared server their names can be set so that several installations do not collide.
+AIRFLOW_DB = os.environ.get("SERVICELOOP_AIRFLOW_DB", "serviceloop_airflow")
+HELPDESK_DB = os.environ.get("SERVICELOOP_HELPDESK_DB", "helpdesk")
