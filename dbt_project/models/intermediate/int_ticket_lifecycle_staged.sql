@@ -6,9 +6,8 @@ events as (
 
 ),
 
--- Lifecycle events recorded without a to_status still put the ticket in a known status;
--- events that do not move the status (handoff, reassigned, escalated, customer_replied)
--- keep the one it has.
+-- Lifecycle events recorded without a to_status still put the ticket in a known status
+-- (macros/event_status.sql).
 statused_events as (
 
     select
@@ -16,17 +15,7 @@ statused_events as (
         event_id,
         event_type,
         occurred_at,
-        coalesce(
-            to_status,
-            case event_type
-                when 'created' then 'new'
-                when 'triaged' then 'triaged'
-                when 'assigned' then 'assigned'
-                when 'reopened' then 'in_progress'
-                when 'resolved' then 'resolved'
-                when 'closed' then 'closed'
-            end
-        ) as status
+        {{ event_status('to_status', 'event_type') }} as status
     from events
 
 ),

@@ -1,6 +1,34 @@
+{{
+    config(
+        materialized='incremental',
+        unique_key='ticket_id',
+        incremental_strategy='delete+insert',
+        on_schema_change='append_new_columns',
+    )
+}}
+
+{%- set incremental = incremental_ready('kpi_days_touched') is sameas true %}
+
 with
 
+changed as (
+
+    {% if incremental -%}
+        select ticket_id from {{ changed_ticket_ids(ticket_state=true) }} as changed_ids
+    {%- else -%}
+        select ticket_id from {{ ref('stg_helpdesk__tickets') }}
+    {%- endif %}
+
+),
+
 tickets as (
+
+    select * from {{ ref('stg_helpdesk__tickets') }}
+    where ticket_id in (select changed.ticket_id from changed)
+
+),
+
+all_tickets as (
 
     select * from {{ ref('stg_helpdesk__tickets') }}
 
@@ -12,9 +40,21 @@ lifecycle as (
 
 ),
 
+sla_clock as (
+
+    select * from {{ ref('int_ticket_sla_clock') }}
+
+),
+
 surveys as (
 
     select * from {{ ref('stg_survey_drop__surveys') }}
+
+),
+
+events as (
+
+    select * from {{ ref('stg_helpdesk__ticket_events') }}
 
 ),
 
@@ -60,95 +100,83 @@ survey_totals as (
     select
         ticket_id,
         count(*) as survey_count,
-        bool_or(complaint) as complaint
+        bool_or(complaint) as complaint,
+        min({{ reporting_date('submitted_at') }}) as first_survey_date,
+        max({{ reporting_date('submitted_at') }}) as last_survey_date,
+        max(loaded_at) as loaded_at
     from surveys
     group by ticket_id
 
 ),
 
--- SLA v1 counts calendar hours from creation; business hours come later.
-timed as (
+event_loads as (
+
+    select
+        ticket_id,
+        max(loaded_at) as loaded_at
+    from events
+    group by ticket_id
+
+),
+
+-- The customer's tickets before and after this one, for the returning-customer rate and
+-- the churn proxy.
+customer_history as (
+
+    select
+        ticket_id,
+        lag(created_at) over (
+            partition by customer_id
+            order by created_at asc, ticket_id asc
+        ) as previous_ticket_at,
+        lead(created_at) over (
+            partition by customer_id
+            order by created_at asc, ticket_id asc
+        ) as next_ticket_at
+    from all_tickets
+
+),
+
+-- SLA clocks per policy (int_ticket_sla_clock): business hours, paused while the ticket
+-- waits on the customer. A breach is known once the step happened (after its deadline or
+-- not), or once its deadline has passed without it; a cancelled ticket never breaches
+-- what it never needed.
+judged as (
 
     select
         tickets.*,
         sla_policies.first_response_target_hours,
         sla_policies.resolution_target_hours,
-        {{ hours_between('tickets.created_at', 'tickets.first_response_at') }} as first_response_hours,
-        {{ hours_between('tickets.created_at', 'tickets.resolved_at') }} as resolution_hours,
-        tickets.created_at
-        + sla_policies.first_response_target_hours * interval '1 hour' as first_response_due_at,
-        tickets.created_at
-        + sla_policies.resolution_target_hours * interval '1 hour' as resolution_due_at
+        sla_clock.first_response_due_at,
+        sla_clock.resolution_due_at,
+        sla_clock.first_response_clock_hours,
+        sla_clock.resolution_clock_hours,
+        case
+            when tickets.first_response_at is not null
+                then coalesce(tickets.first_response_at > sla_clock.first_response_due_at, false)
+            when tickets.status = 'cancelled' then null
+            when sla_clock.first_response_due_at <= {{ as_of_timestamp() }} then true
+        end as first_response_breached,
+        case
+            when tickets.resolved_at is not null
+                then coalesce(tickets.resolved_at > sla_clock.resolution_due_at, false)
+            when tickets.status = 'cancelled' then null
+            when sla_clock.resolution_due_at <= {{ as_of_timestamp() }} then true
+        end as resolution_breached
     from tickets
     left join sla_policies
         on tickets.priority = sla_policies.priority
+    left join sla_clock
+        on tickets.ticket_id = sla_clock.ticket_id
 
 ),
 
--- A breach is known once the step happened (late or not), or once its deadline has
--- passed without it; a cancelled ticket never breaches what it never needed.
-judged as (
+enriched as (
 
     select
-        *,
-        case
-            when first_response_at is not null
-                then first_response_at > first_response_due_at
-            when status = 'cancelled' then null
-            when first_response_due_at < {{ as_of_timestamp() }} then true
-        end as first_response_breached,
-        case
-            when resolved_at is not null
-                then resolved_at > resolution_due_at
-            when status = 'cancelled' then null
-            when resolution_due_at < {{ as_of_timestamp() }} then true
-        end as resolution_breached
-    from timed
-
-),
-
-final as (
-
-    select
-        judged.ticket_id,
-        judged.source_system,
-        judged.customer_id,
-        judged.customer_segment,
-        judged.team_id,
-        judged.agent_id,
-        judged.channel,
-        judged.priority,
-        judged.category,
-        judged.subcategory,
-        judged.status,
-        judged.created_at,
-        {{ reporting_date('judged.created_at') }} as created_date,
-        judged.first_response_at,
-        {{ reporting_date('judged.first_response_at') }} as first_response_date,
-        judged.resolved_at,
-        {{ reporting_date('judged.resolved_at') }} as resolved_date,
-        judged.closed_at,
-        judged.first_response_hours,
-        judged.resolution_hours,
-        judged.first_response_target_hours,
-        judged.resolution_target_hours,
-        judged.first_response_due_at,
-        judged.resolution_due_at,
-        judged.first_response_breached,
-        judged.resolution_breached,
-        judged.reopen_count,
-        judged.reopen_count > 0 as reopened,
-        judged.reassignment_count,
+        judged.*,
         lifecycle.handoff_count,
         lifecycle.ping_pong,
-        judged.escalated,
-        judged.resolution_code,
-        judged.delay_cause,
-        delay_causes.cause_group as delay_cause_group,
-        latest_surveys.csat,
-        latest_surveys.nps,
-        coalesce(survey_totals.survey_count, 0) as survey_count,
-        coalesce(survey_totals.complaint, false) as complaint,
         lifecycle.intake_hours,
         lifecycle.assignment_hours,
         lifecycle.execution_hours,
@@ -156,7 +184,17 @@ final as (
         lifecycle.waiting_customer_hours,
         lifecycle.waiting_third_party_hours,
         lifecycle.evaluation_hours,
-        lifecycle.cycle_hours
+        lifecycle.cycle_hours,
+        delay_causes.cause_group as delay_cause_group,
+        latest_surveys.csat,
+        latest_surveys.nps,
+        survey_totals.first_survey_date,
+        survey_totals.last_survey_date,
+        customer_history.previous_ticket_at,
+        customer_history.next_ticket_at,
+        coalesce(survey_totals.survey_count, 0) as survey_count,
+        coalesce(survey_totals.complaint, false) as complaint,
+        greatest(judged.loaded_at, event_loads.loaded_at, survey_totals.loaded_at) as source_loaded_at
     from judged
     left join lifecycle
         on judged.ticket_id = lifecycle.ticket_id
@@ -166,6 +204,156 @@ final as (
         on judged.ticket_id = latest_surveys.ticket_id
     left join survey_totals
         on judged.ticket_id = survey_totals.ticket_id
+    left join event_loads
+        on judged.ticket_id = event_loads.ticket_id
+    left join customer_history
+        on judged.ticket_id = customer_history.ticket_id
+
+),
+
+-- The days each ticket counts on in the KPI marts: from its creation to the last of its
+-- resolution (or, while open, the day the data is known through), first response, close
+-- and surveys.
+spans as (
+
+    select
+        enriched.*,
+        {{ reporting_date('created_at') }} as kpi_days_from,
+        greatest(
+            coalesce({{ reporting_date('resolved_at') }}, {{ reporting_date(as_of_timestamp()) }}),
+            {{ reporting_date('first_response_at') }},
+            {{ reporting_date('closed_at') }},
+            enriched.last_survey_date
+        ) as kpi_days_to
+    from enriched
+
+),
+
+ticket_rows as (
+
+    select
+        ticket_id,
+        source_system,
+        customer_id,
+        customer_segment,
+        team_id,
+        agent_id,
+        channel,
+        priority,
+        category,
+        subcategory,
+        status,
+        created_at,
+        {{ reporting_date('created_at') }} as created_date,
+        first_response_at,
+        {{ reporting_date('first_response_at') }} as first_response_date,
+        resolved_at,
+        {{ reporting_date('resolved_at') }} as resolved_date,
+        closed_at,
+        {{ reporting_date('closed_at') }} as closed_date,
+        {{ hours_between('created_at', 'first_response_at') }} as first_response_hours,
+        {{ hours_between('created_at', 'resolved_at') }} as resolution_hours,
+        first_response_target_hours,
+        resolution_target_hours,
+        first_response_clock_hours,
+        resolution_clock_hours,
+        first_response_due_at,
+        resolution_due_at,
+        first_response_breached,
+        resolution_breached,
+        reopen_count,
+        reopen_count > 0 as reopened,
+        reassignment_count,
+        handoff_count,
+        ping_pong,
+        escalated,
+        case
+            when resolved_at is not null
+                then
+                    reopen_count = 0
+                    and coalesce(reassignment_count, 0) = 0
+                    and coalesce(handoff_count, 0) = 0
+        end as first_contact_resolution,
+        case
+            when resolved_at is not null
+                then reopen_count > 0 or coalesce(ping_pong, false)
+        end as rework,
+        coalesce(previous_ticket_at >= created_at - interval '90 days', false) as returning_customer,
+        case
+            when not complaint then false
+            when next_ticket_at <= created_at + interval '90 days' then false
+            when created_at + interval '90 days' <= {{ as_of_timestamp() }} then true
+        end as churn_proxy,
+        resolution_code,
+        delay_cause,
+        delay_cause_group,
+        csat,
+        nps,
+        survey_count,
+        complaint,
+        first_survey_date,
+        last_survey_date,
+        intake_hours,
+        assignment_hours,
+        execution_hours,
+        active_work_hours,
+        waiting_customer_hours,
+        waiting_third_party_hours,
+        evaluation_hours,
+        cycle_hours,
+        kpi_days_from,
+        kpi_days_to
+    from spans
+
+),
+
+hashed as (
+
+    select
+        ticket_rows.*,
+        spans.source_loaded_at,
+        md5(cast(ticket_rows as text)) as row_hash
+    from ticket_rows
+    inner join spans
+        on ticket_rows.ticket_id = spans.ticket_id
+
+),
+
+-- The rows being replaced (none on a full build).
+previous as (
+
+    {% if incremental -%}
+        select * from {{ this }}
+    {%- else -%}
+        select
+            hashed.*,
+            cast(null as timestamptz) as content_changed_through,
+            cast(null as text) as kpi_days_touched
+        from hashed
+        where false
+    {%- endif %}
+
+),
+
+-- Versioning for the KPI marts: content_changed_through is the ingest batch the row's
+-- content last changed with (a rebuilt row identical to the one it replaces keeps the old
+-- value), and kpi_days_touched the days whose KPIs the change moved (macros/kpi_days.sql),
+-- kept across changes until the row changes again.
+final as (
+
+    select
+        hashed.*,
+        case
+            when previous.row_hash = hashed.row_hash then previous.content_changed_through
+            else {{ ingest_loaded_through() }}
+        end as content_changed_through,
+        case
+            when previous.row_hash = hashed.row_hash then previous.kpi_days_touched
+            else {{ kpi_days_touched('previous', 'hashed') }}
+        end as kpi_days_touched
+    from hashed
+    left join previous
+        on hashed.ticket_id = previous.ticket_id
 
 )
 

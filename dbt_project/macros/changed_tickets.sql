@@ -1,0 +1,82 @@
+{#-
+    The incremental rule of the ticket-grain facts (fct_tickets, fct_ticket_stages,
+    fct_handoffs, fct_surveys): on an incremental run they rebuild every row of the
+    tickets returned here, and only those.
+
+    A ticket is rebuilt when any of its records the model reads (entities) was loaded into
+    raw after the latest load the model has already seen (its max(source_loaded_at)): a new or updated ticket, a new
+    lifecycle event (reopened, reassigned, handed off ...), a new survey. With
+    ticket_state=true (fct_tickets) also the tickets still open, since whether an open
+    ticket has breached its SLA depends on the moment the data is known through
+    (macros/as_of_timestamp.sql), and the tickets of a rebuilt ticket's customer (returning
+    customer and churn proxy look at the customer's other tickets). The watermark is the data's own load time, not the clock,
+    so a second run without new data rebuilds nothing but the open tickets, identically.
+-#}
+{% macro changed_ticket_ids(entities=('tickets', 'ticket_events', 'surveys'), ticket_state=false) -%}
+    (
+        with
+
+        watermark as (
+
+            select coalesce(max(source_loaded_at), cast('-infinity' as timestamptz)) as loaded_through
+            from {{ this }}
+
+        ),
+
+        loaded as (
+
+            {% set raw_tables = {
+                'tickets': source('helpdesk', 'helpdesk__tickets'),
+                'ticket_events': source('helpdesk', 'helpdesk__ticket_events'),
+                'surveys': source('survey_drop', 'survey_drop__surveys'),
+            } -%}
+    {%- for entity in entities %}
+        {%- if not loop.first %}
+            union
+        {%- endif %}
+            select raw_records.ticket_id
+            from {{ raw_tables[entity] }} as raw_records
+            where raw_records._loaded_at > (select watermark.loaded_through from watermark)
+    {%- endfor %}
+
+        ){% if ticket_state %},
+
+        open_tickets as (
+
+            select ticket_id
+            from {{ this }}
+            where status not in ('resolved', 'closed', 'cancelled') or churn_proxy is null
+
+        ),
+
+        same_customer as (
+
+            select same.ticket_id
+            from {{ ref('stg_helpdesk__tickets') }} as same
+            where same.customer_id in (
+                select changed.customer_id
+                from {{ ref('stg_helpdesk__tickets') }} as changed
+                where changed.ticket_id in (select loaded.ticket_id from loaded)
+            )
+
+        ){% endif %}
+
+        select ticket_id from loaded
+    {%- if ticket_state %}
+        union
+        select ticket_id from open_tickets
+        union
+        select ticket_id from same_customer
+    {%- endif %}
+    )
+{%- endmacro %}
+
+{#-
+    When the ingest last loaded a batch (ops.batches.loaded_at; an empty batch counts, as it
+    moves the moment the data is known through). Every change of the marts' inputs comes
+    with a batch, so it versions their content; derived from the data, so a rebuild without
+    a new batch stamps the same value.
+-#}
+{% macro ingest_loaded_through() -%}
+    (select max(batches.loaded_at) from {{ source('ops', 'batches') }} as batches)
+{%- endmacro %}

@@ -1,0 +1,219 @@
+{#- How far ahead of its last event an open ticket's clock is laid out (business days and
+    pauses included); a deadline further out than this is not known yet. -#}
+{%- set horizon = "interval '" ~ var('sla_clock_horizon_days', 60) ~ " days'" -%}
+
+with
+
+tickets as (
+
+    select * from {{ ref('stg_helpdesk__tickets') }}
+
+),
+
+status_intervals as (
+
+    select * from {{ ref('int_ticket_status_intervals') }}
+
+),
+
+sla_policies as (
+
+    select * from {{ ref('sla_policies') }}
+
+),
+
+-- Resolution clock: runs while the ticket is open and being worked, i.e. in any status but
+-- resolved, closed and cancelled, and (when the policy says so) not while pending_customer.
+-- Built from the lifecycle events; a ticket without events runs from created_at to its
+-- resolution.
+resolution_running as (
+
+    select
+        status_intervals.ticket_id,
+        'resolution' as clock,
+        status_intervals.entered_at as running_from,
+        coalesce(status_intervals.left_at, status_intervals.entered_at + {{ horizon }}) as running_to
+    from status_intervals
+    inner join tickets
+        on status_intervals.ticket_id = tickets.ticket_id
+    inner join sla_policies
+        on tickets.priority = sla_policies.priority
+    where
+        status_intervals.status not in ('resolved', 'closed', 'cancelled')
+        and not (sla_policies.pause_on_pending_customer and status_intervals.status = 'pending_customer')
+
+    union all
+
+    select
+        tickets.ticket_id,
+        'resolution' as clock,
+        tickets.created_at as running_from,
+        coalesce(tickets.resolved_at, tickets.created_at + {{ horizon }}) as running_to
+    from tickets
+    where not exists (
+        select 1
+        from status_intervals
+        where status_intervals.ticket_id = tickets.ticket_id
+    )
+
+),
+
+-- First-response clock: runs from creation until the first response; nothing pauses it
+-- (the customer is waiting on the organisation, not the other way round).
+first_response_running as (
+
+    select
+        ticket_id,
+        'first_response' as clock,
+        created_at as running_from,
+        created_at + {{ horizon }} as running_to
+    from tickets
+
+),
+
+running as (
+
+    select * from resolution_running
+    union all
+    select * from first_response_running
+
+),
+
+-- The running time cut into the policy's business windows: one window per business day
+-- (first_business_day..last_business_day, ISO weekdays) from business_day_start to
+-- business_day_end in the policy's time zone; 00:00-24:00 every day is a 24x7 clock.
+pieces as (
+
+    select
+        running.ticket_id,
+        running.clock,
+        greatest(running.running_from, windows.window_start) as piece_start,
+        least(running.running_to, windows.window_end) as piece_end
+    from running
+    inner join tickets
+        on running.ticket_id = tickets.ticket_id
+    inner join sla_policies
+        on tickets.priority = sla_policies.priority
+    cross join
+        lateral (
+            select
+                (local_days.local_day + sla_policies.business_day_start) at time zone sla_policies.clock_timezone
+                    as window_start,
+                (local_days.local_day + sla_policies.business_day_end) at time zone sla_policies.clock_timezone
+                    as window_end
+            from
+                generate_series(
+                    cast(running.running_from at time zone sla_policies.clock_timezone as date),
+                    cast(running.running_to at time zone sla_policies.clock_timezone as date),
+                    interval '1 day'
+                ) as local_days (local_day)
+            where
+                extract(isodow from local_days.local_day)
+                between sla_policies.first_business_day and sla_policies.last_business_day
+        ) as windows
+    where
+        running.running_to > running.running_from
+        and least(running.running_to, windows.window_end) > greatest(running.running_from, windows.window_start)
+
+),
+
+accumulated as (
+
+    select
+        ticket_id,
+        clock,
+        piece_start,
+        piece_end,
+        extract(epoch from piece_end - piece_start) / 3600.0 as piece_hours,
+        coalesce(
+            sum(extract(epoch from piece_end - piece_start) / 3600.0) over (
+                partition by ticket_id, clock
+                order by piece_start asc
+                rows between unbounded preceding and 1 preceding
+            ),
+            0
+        ) as hours_before
+    from pieces
+
+),
+
+targets as (
+
+    select
+        tickets.ticket_id,
+        tickets.first_response_at,
+        tickets.resolved_at,
+        sla_policies.first_response_target_hours,
+        sla_policies.resolution_target_hours
+    from tickets
+    inner join sla_policies
+        on tickets.priority = sla_policies.priority
+
+),
+
+-- The deadline is the instant the clock reaches the target: inside the piece where the
+-- running total crosses it.
+clocked as (
+
+    select
+        targets.ticket_id,
+        min(
+            accumulated.piece_start
+            + (targets.first_response_target_hours - accumulated.hours_before) * interval '1 hour'
+        ) filter (
+            where
+            accumulated.clock = 'first_response'
+            and accumulated.hours_before < targets.first_response_target_hours
+            and accumulated.hours_before + accumulated.piece_hours >= targets.first_response_target_hours
+        ) as first_response_due_at,
+        min(
+            accumulated.piece_start
+            + (targets.resolution_target_hours - accumulated.hours_before) * interval '1 hour'
+        ) filter (
+            where
+            accumulated.clock = 'resolution'
+            and accumulated.hours_before < targets.resolution_target_hours
+            and accumulated.hours_before + accumulated.piece_hours >= targets.resolution_target_hours
+        ) as resolution_due_at,
+        sum(
+            extract(
+                epoch from
+                least(accumulated.piece_end, coalesce(targets.first_response_at, {{ as_of_timestamp() }}))
+                - accumulated.piece_start
+            ) / 3600.0
+        ) filter (
+            where
+            accumulated.clock = 'first_response'
+            and accumulated.piece_start < coalesce(targets.first_response_at, {{ as_of_timestamp() }})
+        ) as first_response_clock_hours,
+        sum(
+            extract(
+                epoch from
+                least(accumulated.piece_end, coalesce(targets.resolved_at, {{ as_of_timestamp() }}))
+                - accumulated.piece_start
+            ) / 3600.0
+        ) filter (
+            where
+            accumulated.clock = 'resolution'
+            and accumulated.piece_start < coalesce(targets.resolved_at, {{ as_of_timestamp() }})
+        ) as resolution_clock_hours
+    from targets
+    left join accumulated
+        on targets.ticket_id = accumulated.ticket_id
+    group by targets.ticket_id
+
+),
+
+final as (
+
+    select
+        ticket_id,
+        first_response_due_at,
+        resolution_due_at,
+        {{ rounded('coalesce(first_response_clock_hours, 0)', 4) }} as first_response_clock_hours,
+        {{ rounded('coalesce(resolution_clock_hours, 0)', 4) }} as resolution_clock_hours
+    from clocked
+
+)
+
+select * from final

@@ -1,0 +1,52 @@
+{{
+    config(
+        materialized='incremental',
+        unique_key='ticket_id',
+        incremental_strategy='delete+insert',
+    )
+}}
+
+{%- set incremental = incremental_ready('source_loaded_at') is sameas true %}
+
+with
+
+changed as (
+
+    {% if incremental -%}
+        select ticket_id from {{ changed_ticket_ids(entities=['surveys']) }} as changed_ids
+    {%- else -%}
+        select ticket_id from {{ ref('stg_survey_drop__surveys') }}
+    {%- endif %}
+
+),
+
+surveys as (
+
+    select * from {{ ref('stg_survey_drop__surveys') }}
+    where ticket_id in (select changed.ticket_id from changed)
+
+),
+
+-- The free-text comment may hold personal data: it stays in staging.
+final as (
+
+    select
+        survey_id,
+        ticket_id,
+        submitted_at,
+        {{ reporting_date('submitted_at') }} as submitted_date,
+        csat,
+        csat >= 4 as satisfied,
+        nps,
+        case
+            when nps >= 9 then 'promoter'
+            when nps >= 7 then 'passive'
+            when nps >= 0 then 'detractor'
+        end as nps_group,
+        complaint,
+        max(loaded_at) over (partition by ticket_id) as source_loaded_at
+    from surveys
+
+)
+
+select * from final

@@ -1,0 +1,9 @@
+{{
+    config(
+        materialized='incremental',
+        unique_key='kpi_date',
+        incremental_strategy='delete+insert',
+    )
+}}
+
+{{ kpi_rollup('day', 'kpi_date', []) }}
