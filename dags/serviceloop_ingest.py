@@ -20,6 +20,7 @@ import datetime as dt
 from airflow.sdk import CronDataIntervalTimetable, dag, task
 
 from serviceloop.assets import raw_asset
+from serviceloop.failure_alerts import DataEngineersNotifier
 from serviceloop.sources import SOURCES, raw_table
 
 
@@ -29,7 +30,13 @@ from serviceloop.sources import SOURCES, raw_table
     catchup=False,
     max_active_runs=1,
     tags=["serviceloop", "ingest"],
-    default_args={"owner": "serviceloop", "retries": 2, "retry_delay": dt.timedelta(minutes=1)},
+    default_args={
+        "owner": "serviceloop",
+        "retries": 2,
+        "retry_delay": dt.timedelta(minutes=1),
+        # The task, the error and the log link go to the data engineers once the last try fails.
+        "on_failure_callback": DataEngineersNotifier(),
+    },
     doc_md=__doc__,
 )
 def serviceloop_ingest():

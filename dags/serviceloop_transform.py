@@ -21,6 +21,7 @@ from cosmos.constants import ExecutionMode, InvocationMode, LoadMode, TestBehavi
 from cosmos.profiles import PostgresUserPasswordProfileMapping
 
 from serviceloop.assets import KPI_DAILY, RAW_ASSETS
+from serviceloop.failure_alerts import DataEngineersNotifier
 from serviceloop.settings import WAREHOUSE_CONN_ID, paths
 
 
@@ -30,7 +31,13 @@ from serviceloop.settings import WAREHOUSE_CONN_ID, paths
     catchup=False,
     max_active_runs=1,
     tags=["serviceloop", "dbt"],
-    default_args={"owner": "serviceloop", "retries": 1, "retry_delay": dt.timedelta(minutes=1)},
+    default_args={
+        "owner": "serviceloop",
+        "retries": 1,
+        "retry_delay": dt.timedelta(minutes=1),
+        # The task, the error and the log link go to the data engineers once the last try fails.
+        "on_failure_callback": DataEngineersNotifier(),
+    },
     doc_md=__doc__,
 )
 def serviceloop_transform():

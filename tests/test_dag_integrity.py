@@ -40,6 +40,12 @@ def test_dag_follows_the_house_rules(dagbag, dag_id):
     assert dag.catchup is False
     for task in dag.tasks:
         assert task.retries >= 1, f"{dag_id}.{task.task_id} has no retries"
+        callbacks = (
+            task.on_failure_callback if isinstance(task.on_failure_callback, list) else [task.on_failure_callback]
+        )
+        assert any(type(c).__name__ == "DataEngineersNotifier" for c in callbacks), (
+            f"{dag_id}.{task.task_id} does not alert the data engineers on failure"
+        )
     # A cycle would have failed the import; a topological sort must cover every task.
     assert len(dag.topological_sort()) == len(dag.tasks)
 

@@ -57,7 +57,7 @@ def _snapshot(url: str) -> dict:
         "findings": "select count(*) from monitoring.drift_findings where is_finding",
         "reviews": "select array_agg(review_id order by review_id) from monitoring.improvement_reviews",
         "alerts": "select array_agg(alert_key order by alert_key) from monitoring.alerts",
-        "kpi_checksum": "select md5(string_agg(k::text, '|' order by kpi_date, team_id)) from marts.kpi_daily as k",
+        "kpi_checksum": "select md5(string_agg(k::text, '|' order by kpi_date, team_id, channel, priority)) from marts.kpi_daily as k",
     }
     with contextlib.closing(psycopg2.connect(url)) as conn, conn.cursor() as cur:
         out = {}
@@ -107,9 +107,12 @@ def test_every_record_read_is_loaded_or_quarantined_and_bad_ones_are_caught(loop
 
 
 def test_one_alert_per_review_in_the_outbox(loop):
-    outbox = sorted((loop["home"] / "outbox").glob("*.eml"))
-    assert [p.name.removesuffix(".opened.eml") for p in outbox] == sorted(loop["after"]["reviews"])
-    assert all("jonas.berg@serviceloop.example" in p.read_text() for p in outbox)
+    opened = sorted((loop["home"] / "outbox").glob("*.opened.eml"))
+    assert [p.name.removesuffix(".opened.eml") for p in opened] == sorted(loop["after"]["reviews"])
+    assert all("jonas.berg@serviceloop.example" in p.read_text() for p in opened)
+    # Every message in the outbox is one recorded alert (reminders and escalations included), once.
+    everything = sorted(p.name.removesuffix(".eml") for p in (loop["home"] / "outbox").glob("*.eml"))
+    assert everything == sorted(loop["after"]["alerts"])
 
 
 def test_the_summary_reports_counts_findings_and_alerts(loop):

@@ -32,7 +32,36 @@ def conn(fresh_db):
         yield conn
 
 
-def _finding(conn, team: str, metric: str, as_of: dt.date, effect: float, is_finding: bool = True) -> str:
+def make_tickets(conn, team: str, first: dt.date, levels: list[tuple[int, float]], per_day: int = 40, seed: int = 1):
+    """A marts.fct_tickets of synthetic resolved tickets: (days, median resolution hours) per stretch.
+
+    Resolution hours are log-normal around the stretch's median; a ticket breaches its SLA
+    when it took over 24 h; long tickets are mostly blamed on a staffing shortage.
+    """
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    with conn.cursor() as cur:
+        cur.execute("create schema if not exists marts")
+        cur.execute(
+            """create table if not exists marts.fct_tickets (ticket_id text, team_id text, resolved_date date,
+               resolution_hours numeric, resolution_breached boolean, csat integer, delay_cause text)"""
+        )
+        day, n = first, 0
+        for days, median in levels:
+            for _ in range(days):
+                for hours in median * np.exp(rng.normal(0, 0.5, per_day)):
+                    cause = "staffing_shortage" if hours > 20 else ("third_party" if hours > 14 else None)
+                    cur.execute(
+                        "insert into marts.fct_tickets values (%s, %s, %s, %s, %s, %s, %s)",
+                        (f"{team}-{n}", team, day, float(hours), bool(hours > 24), int(rng.integers(3, 6)), cause),
+                    )
+                    n += 1
+                day += dt.timedelta(days=1)
+    conn.commit()
+
+
+def finding(conn, team: str, metric: str, as_of: dt.date, effect: float, is_finding: bool = True) -> str:
     run_id = f"team:{team}:{as_of}"
     fid = f"{run_id}:{metric}"
     with conn.cursor() as cur:
@@ -52,12 +81,12 @@ def _finding(conn, team: str, metric: str, as_of: dt.date, effect: float, is_fin
 
 def test_repeated_findings_extend_one_review_and_alert_once(conn, tmp_path):
     day = dt.date(2026, 9, 1)
-    first = _finding(conn, "tech_support", "resolution_time", day, 2.5)
+    first = finding(conn, "tech_support", "resolution_time", day, 2.5)
     opened = reviews.open_from_findings(conn, [first])
     conn.commit()
     assert opened.opened == ["R-tech_support-resolution_time-20260901"]
 
-    later = [_finding(conn, "tech_support", "resolution_time", day + dt.timedelta(days=i), 2.6) for i in (1, 2)]
+    later = [finding(conn, "tech_support", "resolution_time", day + dt.timedelta(days=i), 2.6) for i in (1, 2)]
     again = reviews.open_from_findings(conn, later)
     conn.commit()
     assert again.opened == [] and again.evidence_added == 2
@@ -82,7 +111,7 @@ def test_repeated_findings_extend_one_review_and_alert_once(conn, tmp_path):
     msg = email.message_from_bytes((tmp_path / sent.sent[0].split("/")[-1]).read_bytes(), policy=policy.default)
     assert msg["To"] == "jonas.berg@serviceloop.example"
     assert msg["Subject"] == "[ServiceLoop] Resolution time worse for Technical Support since 2026-08-30"
-    body = msg.get_content()
+    body = msg.get_body(preferencelist=("plain",)).get_content()
     assert "median 10.0 h -> 35.0 h (+250%)" in body
     assert "stage 3. collaborative execution" in body
     assert "file:///reports/drift/tech_support/2026-09-01.html" in body
@@ -93,9 +122,9 @@ def test_repeated_findings_extend_one_review_and_alert_once(conn, tmp_path):
 
 def test_a_non_finding_opens_nothing_and_segments_stay_apart(conn, tmp_path):
     day = dt.date(2026, 9, 1)
-    quiet = _finding(conn, "billing", "csat", day, 0.01, is_finding=False)
-    a = _finding(conn, "billing", "sla_breach", day, 0.09)
-    b = _finding(conn, "accounts", "sla_breach", day, 0.2)
+    quiet = finding(conn, "billing", "csat", day, 0.01, is_finding=False)
+    a = finding(conn, "billing", "sla_breach", day, 0.09)
+    b = finding(conn, "accounts", "sla_breach", day, 0.2)
     result = reviews.open_from_findings(conn, [quiet, a, b])
     conn.commit()
     assert sorted(result.opened) == ["R-accounts-sla_breach-20260901", "R-billing-sla_breach-20260901"]
@@ -106,7 +135,7 @@ def test_a_non_finding_opens_nothing_and_segments_stay_apart(conn, tmp_path):
 
 def test_the_database_refuses_a_second_open_review(conn):
     day = dt.date(2026, 9, 1)
-    reviews.open_from_findings(conn, [_finding(conn, "billing", "csat", day, 0.5)])
+    reviews.open_from_findings(conn, [finding(conn, "billing", "csat", day, 0.5)])
     conn.commit()
     with pytest.raises(psycopg2.errors.UniqueViolation), conn.cursor() as cur:
         cur.execute(

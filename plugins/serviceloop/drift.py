@@ -216,6 +216,7 @@ def _evidently_report(reference: pd.DataFrame, current: pd.DataFrame):
 def run(conn, reports_dir: Path, teams: list[str] | None = None) -> DriftResult:
     """Evaluate every day since the last evaluated one, up to the last complete day."""
     from serviceloop import schema
+    from serviceloop.verification import pinned_baselines
 
     schema.ensure(conn)
     result = DriftResult()
@@ -226,6 +227,9 @@ def run(conn, reports_dir: Path, teams: list[str] | None = None) -> DriftResult:
     if not days:
         return result
     first_ref = windows(days[0])[0]
+    # Baselines pinned by verified reviews replace the rolling reference where it holds the episode.
+    pins = pinned_baselines(conn, days[0], days[-1])
+    first_ref = min([first_ref, *(pin[0] for pin in pins.values())])
     tickets = _load_tickets(conn, first_ref, days[-1])
     if teams is None:
         teams = sorted(tickets["team_id"].unique())
@@ -248,6 +252,15 @@ def run(conn, reports_dir: Path, teams: list[str] | None = None) -> DriftResult:
             snapshot, p_values = _evidently_report(reference, current)
             for metric in METRICS:
                 ref_vals, cur_vals = reference[metric.column].dropna(), current[metric.column].dropna()
+                pin = pins.get((team, metric.name))
+                if pin and pin[2] <= as_of <= pin[3]:
+                    # A verified review pinned the last healthy baseline: the rolling reference
+                    # still holds the degraded period, which would hide a relapse.
+                    pinned = tickets[
+                        of_team & tickets["resolved_date"].between(pd.Timestamp(pin[0]), pd.Timestamp(pin[1]))
+                    ]
+                    ref_vals = pinned[metric.column].dropna()
+                    p_values = {**p_values, metric.column: _evidently_report(pinned, current)[1][metric.column]}
                 if len(ref_vals) == 0 or len(cur_vals) == 0:
                     continue
                 ref_value, cur_value = summary_value(metric, ref_vals), summary_value(metric, cur_vals)

@@ -112,6 +112,52 @@ create table if not exists monitoring.alerts (
     location text not null,
     sent_at timestamptz not null default now()
 );
+-- Added after the first release: existing warehouses upgrade in place.
+alter table monitoring.improvement_reviews
+    add column if not exists stage text,
+    add column if not exists top_causes jsonb,
+    add column if not exists escalation_email text,
+    add column if not exists implemented_on date,
+    add column if not exists verified_on date,
+    add column if not exists dismiss_reason text;
+alter table monitoring.review_history
+    add column if not exists from_status text,
+    add column if not exists actor text,
+    add column if not exists effective_on date;
+alter table monitoring.alerts
+    add column if not exists status text not null default 'sent',
+    add column if not exists attempts integer not null default 1,
+    add column if not exists last_error text;
+create table if not exists monitoring.review_effects (
+    review_id text primary key references monitoring.improvement_reviews (review_id) on delete cascade,
+    measured_on date not null,
+    baseline_value double precision,
+    drift_value double precision,
+    post_value double precision,
+    post_start date not null,
+    post_end date not null,
+    post_n integer not null,
+    effect_vs_drift double precision,
+    effect_vs_drift_low double precision,
+    effect_vs_drift_high double precision,
+    effect_vs_baseline double precision,
+    effect_vs_baseline_low double precision,
+    effect_vs_baseline_high double precision,
+    days_within_tolerance integer not null,
+    verified boolean not null
+);
+create table if not exists monitoring.pinned_baselines (
+    segment_type text not null,
+    segment text not null,
+    metric text not null,
+    review_id text not null references monitoring.improvement_reviews (review_id) on delete cascade,
+    reference_start date not null,
+    reference_end date not null,
+    valid_from date not null,
+    valid_until date not null,
+    pinned_at timestamptz not null default now(),
+    primary key (segment_type, segment, metric)
+);
 """
 
 

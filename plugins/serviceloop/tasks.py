@@ -52,8 +52,37 @@ def open_reviews(drift_result: dict) -> dict:
         return reviews.open_from_findings(conn, drift_result["finding_ids"]).as_dict()
 
 
+def connection_fields(conn_id: str) -> dict | None:
+    """An Airflow connection's fields as a plain dict, or None when it is not defined."""
+    from airflow.sdk import Connection
+    from airflow.sdk.exceptions import AirflowNotFoundException
+
+    try:
+        conn = Connection.get(conn_id)
+    except AirflowNotFoundException:
+        return None
+    return {
+        "conn_type": conn.conn_type,
+        "host": conn.host,
+        "port": conn.port,
+        "login": conn.login,
+        "password": conn.password,
+        "schema": conn.schema,
+        "extra": conn.extra_dejson,
+    }
+
+
+def measure_effects(review_result: dict) -> dict:
+    from serviceloop import verification, warehouse
+
+    with warehouse.connect(dsn=connection_dsn(WAREHOUSE_CONN_ID)) as conn:
+        return {**review_result, **verification.measure(conn).as_dict()}
+
+
 def send_alerts(review_result: dict) -> dict:
     from serviceloop import alerts, warehouse
 
     with warehouse.connect(dsn=connection_dsn(WAREHOUSE_CONN_ID)) as conn:
-        return alerts.send_review_alerts(conn, review_result["opened"], outbox=paths().outbox).as_dict()
+        return alerts.send_review_alerts(
+            conn, review_result.get("opened"), outbox=paths().outbox, connections=connection_fields
+        ).as_dict()

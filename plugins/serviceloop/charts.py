@@ -1,0 +1,76 @@
+"""A small PNG chart of a metric over the reference and current windows, for alerts.
+
+One line of the daily value (median resolution time, breach rate, mean CSAT), the
+reference window shaded grey, the current window shaded red, the change (if any) marked,
+and the baseline as a dashed line. Rendered with matplotlib's Agg backend (no display).
+
+Chinese labels need a font with CJK glyphs; when the machine has none, the chart keeps its
+labels in English rather than draw empty boxes (the message text around it is unaffected).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+from collections.abc import Sequence
+from functools import cache
+
+from serviceloop import glossary
+
+CJK_FONTS = ("Noto Sans CJK SC", "Noto Sans SC", "WenQuanYi Zen Hei", "WenQuanYi Micro Hei", "Source Han Sans SC")
+
+
+@cache
+def _cjk_font() -> str | None:
+    from matplotlib import font_manager
+
+    available = {f.name for f in font_manager.fontManager.ttflist}
+    return next((name for name in CJK_FONTS if name in available), None)
+
+
+def metric_chart(
+    metric: str,
+    daily: Sequence[tuple[dt.date, float]],
+    *,
+    reference: tuple[dt.date, dt.date],
+    current: tuple[dt.date, dt.date],
+    baseline: float | None = None,
+    changed_on: dt.date | None = None,
+    lang: str = "en",
+) -> bytes:
+    """PNG bytes of ``daily`` (day, value) with the windows shaded."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    font = _cjk_font()
+    label_lang = lang if lang == "en" or font else "en"
+    fig = Figure(figsize=(6.0, 2.6), dpi=100)
+    ax = fig.add_subplot()
+    if font and label_lang != "en":
+        for text in (ax.title, ax.xaxis.label, ax.yaxis.label):
+            text.set_fontfamily(font)
+    one = dt.timedelta(days=1)
+    ax.axvspan(reference[0], reference[1] + one, color="0.9", label=glossary.phrase("chart.reference", label_lang))
+    ax.axvspan(current[0], current[1] + one, color="#f6c7c3", label=glossary.phrase("chart.current", label_lang))
+    if daily:
+        days, values = zip(*daily, strict=True)
+        ax.plot(
+            days, values, color="#1f4e79", linewidth=1.4, marker=".", label=glossary.phrase("chart.daily", label_lang)
+        )
+    if baseline is not None:
+        ax.axhline(baseline, color="0.4", linestyle="--", linewidth=1)
+    if changed_on is not None:
+        ax.axvline(changed_on, color="#2e7d32", linewidth=1.2, label=glossary.phrase("chart.after", label_lang))
+    ax.set_title(glossary.metric(metric, label_lang), fontsize=10)
+    ax.tick_params(labelsize=7)
+    fig.autofmt_xdate()
+    legend = ax.legend(fontsize=7, loc="upper left", frameon=False)
+    if font and label_lang != "en":
+        for text in legend.get_texts():
+            text.set_fontfamily(font)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
