@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 export XDG_RUNTIME_DIR ?= /tmp
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test lint up down clean warehouse-start warehouse-stop format
+.PHONY: help install run test lint up down clean warehouse-start warehouse-stop format bench
 
 help: ## list the commands
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -26,6 +26,9 @@ run: $(STAMP) ## the main job: simulate 120 days, run ingest, dbt and drift thro
 
 test: $(STAMP) lint ## lint, then the whole test suite (what CI runs)
 	$(BIN)/pytest
+
+bench: $(STAMP) ## each stage beside its bare anchor at 10k, 100k, 1M tickets -> bench/results.json (1M: over an hour)
+	$(BIN)/serviceloop bench
 
 lint: $(STAMP) ## ruff (with Airflow's AIR rules) and sqlfluff
 	$(BIN)/ruff check plugins dags tests

@@ -15,6 +15,7 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from serviceloop.contract import BOOLEAN, TIMESTAMP, Entity
@@ -32,23 +33,59 @@ def to_canonical(frame: pd.DataFrame, entity: Entity, *, lenient_timestamps: boo
 
     With ``lenient_timestamps`` (text sources), a timestamp that parses as ISO 8601 is
     normalised to UTC; one that does not is kept as it was, for validation to reject.
+    Blank text becomes None. The common column types are rendered column-wise (this runs on
+    every record ingested); anything else goes value by value through ``_text`` and
+    ``_bool_text``, which strip what they render.
     """
     out = {}
     for f in entity.fields:
-        col = frame[f.name] if f.name in frame.columns else pd.Series([None] * len(frame), index=frame.index)
+        if f.name not in frame.columns:
+            out[f.name] = pd.Series([None] * len(frame), index=frame.index, dtype=object)
+            continue
+        col = frame[f.name]
         if f.type == TIMESTAMP:
             parsed = pd.to_datetime(col, utc=True, errors="coerce", format="ISO8601")
-            rendered = parsed.dt.strftime(CANONICAL_TS).astype(object)
+            rendered = _iso_utc(parsed)
             if lenient_timestamps:
                 rendered = rendered.where(parsed.notna(), col.astype(object))
             col = rendered.where(col.notna(), None)
-        elif f.type == BOOLEAN:
-            col = col.map(_bool_text, na_action="ignore")
+            col = col.astype(object).where(col.notna(), None)
+            # Only a value kept as it was (lenient) can be blank; a rendered one never is.
+            if lenient_timestamps:
+                col = col.map(lambda v: None if isinstance(v, str) and v.strip() == "" else v)
         else:
-            col = col.map(_text, na_action="ignore")
-        col = col.astype(object).where(col.notna(), None)
-        out[f.name] = col.map(lambda v: None if isinstance(v, str) and v.strip() == "" else v)
+            col = _render_bool(col) if f.type == BOOLEAN else _render_text(col)
+            col = col.astype(object).where(col.notna(), None)
+            # Rendered text is stripped already: blank means empty.
+            col = col.where(col.ne(""), None)
+        out[f.name] = col
     return pd.DataFrame(out, index=frame.index)
+
+
+def _iso_utc(parsed: pd.Series) -> pd.Series:
+    """UTC timestamps as ``CANONICAL_TS`` text (NaN where missing), formatted in numpy, not per value."""
+    naive = parsed.dt.tz_localize(None).to_numpy(dtype="datetime64[ns]")
+    text = np.char.add(np.datetime_as_string(naive, unit="s"), "+00:00").astype(object)
+    text[np.isnat(naive)] = np.nan
+    return pd.Series(text, index=parsed.index, dtype=object)
+
+
+def _is_text(col: pd.Series) -> bool:
+    return col.dtype == object and pd.api.types.infer_dtype(col, skipna=True) in ("string", "empty")
+
+
+def _render_text(col: pd.Series) -> pd.Series:
+    if _is_text(col):
+        return col.str.strip()
+    if pd.api.types.is_integer_dtype(col.dtype) and not pd.api.types.is_extension_array_dtype(col.dtype):
+        return col.astype(str).astype(object)
+    return col.map(_text, na_action="ignore")
+
+
+def _render_bool(col: pd.Series) -> pd.Series:
+    if pd.api.types.is_bool_dtype(col.dtype) and not pd.api.types.is_extension_array_dtype(col.dtype):
+        return pd.Series(np.where(col.to_numpy(), "true", "false"), index=col.index, dtype=object)
+    return col.map(_bool_text, na_action="ignore")
 
 
 def _text(value) -> str:

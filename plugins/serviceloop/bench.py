@@ -1,0 +1,712 @@
+"""The benchmark: each stage of ServiceLoop beside the bare cost of the same work.
+
+``serviceloop bench [--sizes 10000,100000,1000000]`` simulates a service organisation of
+each size (tickets, about 6.6 lifecycle events and 0.3 surveys per ticket), runs it through
+the pipeline and, in the same run on the same machine, the plainest way to do each stage's
+work. The machine may be noisy, so what counts are the ratios:
+
+| stage | anchor beside it | target |
+|---|---|---|
+| load into raw (helpdesk tickets + events) | ``psql`` ``\\copy`` of the same rows from a CSV file | >= 0.8x its throughput |
+| validation (the GX part of that ingest) | one hand-written SQL pass of the same checks | <= 2x its time |
+| dbt build after 1 % of tickets changed | the full build | <= 0.15x |
+| drift, every team and day | one Evidently report over the whole population | <= 3x |
+| one daily interval through Airflow | the sum of the bare stages for that interval | <= 1.5x |
+| peak RSS of any stage at the largest size | | <= 1.5 GB |
+
+``pandas.DataFrame.to_sql``, the loading path most pipelines start with, is measured
+beside them for reference (on at most ``TO_SQL_ROWS`` rows per table: it is that slow).
+
+Everything runs in a state folder of its own (``<SERVICELOOP_HOME>/bench`` by default) with
+its own embedded PostgreSQL, so the user's warehouse is never touched. Each measured stage
+runs in a child process: its peak RSS comes from ``wait4``, which is the child's own
+high-water mark (and that of the processes it waited for), not an estimate. Results go to
+``bench/results.json``; a run replaces the sizes it measured and keeps the others, each with
+the commit it was measured on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+SIZES = (10_000, 100_000, 1_000_000)
+HISTORY_DAYS = 56  # drift evaluates the days after its first 35 (7 current + 28 reference)
+TO_SQL_ROWS = 50_000
+CHANGED_SHARE = 0.01
+PEAK_RSS_TARGET_MB = 1536
+LOAD_ENTITIES = ("tickets", "ticket_events")  # the helpdesk batch the load and validation rows measure
+TARGETS = {
+    "load": (">=", 0.8),
+    "validation": ("<=", 2.0),
+    "dbt_incremental": ("<=", 0.15),
+    "drift": ("<=", 3.0),
+    "airflow_day": ("<=", 1.5),
+}
+LABELS = {
+    "load": "load into raw (rows/s) vs psql COPY",
+    "to_sql": "pandas to_sql (rows/s) vs psql COPY",
+    "validation": "validation: GX vs one SQL pass (s)",
+    "dbt_full": "dbt full build (s)",
+    "dbt_incremental": "dbt build after 1 % change vs full (s)",
+    "ingest_increment": "ingest of the next interval (s)",
+    "drift": "drift, all teams x days vs one Evidently report (s)",
+    "airflow_day": "one day through Airflow vs bare stages (s)",
+    "peak_rss": "peak RSS of any stage (MB)",
+}
+# The weekday volume profile of the simulator, whose weekday mean is tickets_per_day.
+_WEEK_MEAN = (1.2 + 1.05 + 1.0 + 0.95 + 0.8 + 0.35 + 0.35) / 7
+
+
+# --- configuration of one size -------------------------------------------------------------
+
+
+def plan(size: int, history_days: int = HISTORY_DAYS) -> dict:
+    """Simulation parameters whose history holds about ``size`` tickets.
+
+    Two days are simulated past the history: one for the 1 % change, one for the daily
+    interval through Airflow.
+    """
+    tickets_per_day = max(1, round(size / (history_days * _WEEK_MEAN)))
+    start = dt.date(2026, 1, 5)
+    history_end = dt.datetime.combine(start + dt.timedelta(days=history_days), dt.time(), dt.UTC)
+    return {
+        "size": size,
+        "seed": 11,
+        "start": start.isoformat(),
+        "days": history_days + 2,
+        "tickets_per_day": tickets_per_day,
+        "history_end": history_end.isoformat(),
+    }
+
+
+def _end(p: dict, extra_days: int = 0) -> dt.datetime:
+    return dt.datetime.fromisoformat(p["history_end"]) + dt.timedelta(days=extra_days)
+
+
+# --- child processes -----------------------------------------------------------------------
+
+
+def measured(args: list[str], env: dict | None = None, log: Path | None = None) -> dict:
+    """Run a command to its end; its wall time and its peak RSS (of it and what it waited for)."""
+    out = log.open("ab") if log else subprocess.DEVNULL
+    try:
+        started = time.perf_counter()
+        proc = subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT if log else None)
+        _, status, usage = os.wait4(proc.pid, 0)
+        seconds = time.perf_counter() - started
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    finally:
+        if log:
+            out.close()
+    if proc.returncode != 0:
+        where = f"; see {log}" if log else ""
+        raise RuntimeError(f"bench: {' '.join(map(str, args[:4]))} failed (exit {proc.returncode}){where}")
+    # ru_maxrss is in kilobytes on Linux.
+    return {"seconds": seconds, "peak_rss_mb": usage.ru_maxrss / 1024}
+
+
+def child(step: str, params: dict, log: Path) -> dict:
+    """Run one step of this module in a child process; its own result plus wall time and peak RSS."""
+    with tempfile.NamedTemporaryFile("r", suffix=".json", delete=False) as f:
+        result_path = Path(f.name)
+    try:
+        run = measured(
+            [sys.executable, "-m", "serviceloop.bench", "--step", step, json.dumps(params), str(result_path)],
+            log=log,
+        )
+        result = json.loads(result_path.read_text())
+    finally:
+        result_path.unlink(missing_ok=True)
+    return {**run, **result}
+
+
+def _simulate(params: dict) -> dict:
+    """Write the helpdesk database and the survey drop as they stood ``extra_days`` after the history."""
+    from serviceloop import warehouse
+    from serviceloop.settings import HELPDESK_DB, paths
+    from serviceloop.simulator import SimulationConfig, default_scenarios, simulate, write_helpdesk, write_survey_drop
+
+    p = params["plan"]
+    base = SimulationConfig(seed=p["seed"], start=dt.date.fromisoformat(p["start"]), days=p["days"],
+                            tickets_per_day=p["tickets_per_day"])  # fmt: skip
+    config = SimulationConfig(**{**base.__dict__, "scenarios": default_scenarios(base)})
+    started = time.perf_counter()
+    data = simulate(config)
+    simulated = time.perf_counter() - started
+    as_of = _end(p, params["extra_days"])
+    counts = write_helpdesk(data, warehouse.url(HELPDESK_DB), as_of=as_of)
+    write_survey_drop(data, paths().survey_drop, as_of=as_of)
+    return {"simulate_seconds": simulated, "rows": counts}
+
+
+def _ingest(params: dict) -> dict:
+    """ServiceLoop's ingest of every source entity for one interval, as the ingest DAG's tasks do it.
+
+    Per entity: the batch's time, the part of it its GX validation took, rows read and the
+    rules rows broke.
+    """
+    from serviceloop import ingest, validation, warehouse
+    from serviceloop.settings import HELPDESK_DB, paths
+    from serviceloop.sources import SOURCES
+
+    spent = {"validation": 0.0}
+
+    class TimedValidator(validation.Validator):
+        # Building the GX context and suite is part of what validation costs.
+        def __init__(self, entity: str):
+            started = time.perf_counter()
+            super().__init__(entity)
+            spent["validation"] += time.perf_counter() - started
+
+        def validate(self, frame):
+            started = time.perf_counter()
+            outcome = super().validate(frame)
+            spent["validation"] += time.perf_counter() - started
+            return outcome
+
+    ingest.Validator = TimedValidator
+    start, end = dt.datetime.fromisoformat(params["start"]), dt.datetime.fromisoformat(params["end"])
+    out = {}
+    for source in SOURCES.values():
+        for entity in source.entities:
+            spent["validation"] = 0.0
+            started = time.perf_counter()
+            with warehouse.connect() as conn:
+                result = ingest.ingest_batch(
+                    conn, source.name, entity.name, start, end,
+                    source_dsn=warehouse.url(HELPDESK_DB), drop_root=paths().drops,
+                )  # fmt: skip
+            out[entity.name] = {
+                "work_seconds": time.perf_counter() - started,
+                "validation_seconds": spent["validation"],
+                "rows_read": result.rows_read,
+                "rows_quarantined": result.rows_quarantined,
+                "failed_rules": {**result.quarantine_reasons, **result.warnings},
+            }
+    return {"entities": out}
+
+
+def _drift(params: dict) -> dict:
+    """ServiceLoop's drift over every team and every day not yet evaluated."""
+    from serviceloop import drift, warehouse
+    from serviceloop.settings import paths
+
+    started = time.perf_counter()
+    with warehouse.connect() as conn:
+        result = drift.run(conn, reports_dir=paths().reports)
+    return {
+        "work_seconds": time.perf_counter() - started,
+        "days": len(result.as_of_days),
+        "runs": result.runs,
+        "evaluations": result.evaluations,
+    }
+
+
+def _drift_anchor(params: dict) -> dict:
+    """The same metrics in one Evidently report over the whole population the drift stage read."""
+    from serviceloop import drift, warehouse
+
+    started = time.perf_counter()
+    with warehouse.connect() as conn:
+        last = drift.last_complete_day(conn)
+        with conn.cursor() as cur:
+            cur.execute("select min(resolved_date) from marts.fct_tickets")
+            (first,) = cur.fetchone()
+        tickets = drift._load_tickets(conn, first, last)
+    middle = tickets["resolved_date"].min() + (tickets["resolved_date"].max() - tickets["resolved_date"].min()) / 2
+    reference, current = tickets[tickets["resolved_date"] < middle], tickets[tickets["resolved_date"] >= middle]
+    drift._evidently_report(reference, current)
+    return {"work_seconds": time.perf_counter() - started, "rows": len(tickets)}
+
+
+def _to_sql(params: dict) -> dict:
+    """The naive path: ``pandas.DataFrame.to_sql`` of the same rows, read from the CSV export."""
+    import pandas as pd
+    from sqlalchemy import create_engine
+
+    from serviceloop import warehouse
+    from serviceloop.settings import WAREHOUSE_DB
+
+    engine = create_engine(warehouse.sqlalchemy_url(WAREHOUSE_DB))
+    rows, seconds = 0, 0.0
+    for entity, path in params["files"].items():
+        frame = pd.read_csv(path, header=None, dtype=str, nrows=params["limit"], keep_default_na=False)
+        started = time.perf_counter()
+        frame.to_sql(f"{entity}_to_sql", engine, schema="bench", if_exists="replace", index=False, chunksize=10_000)
+        seconds += time.perf_counter() - started
+        rows += len(frame)
+    engine.dispose()
+    return {"work_seconds": seconds, "rows": rows}
+
+
+STEPS = {
+    "simulate": _simulate,
+    "ingest": _ingest,
+    "drift": _drift,
+    "drift_anchor": _drift_anchor,
+    "to_sql": _to_sql,
+}
+
+
+# --- anchors run from the bench process itself ---------------------------------------------
+
+
+def _canonical_sql(entity) -> str:
+    """A select rendering the helpdesk table's rows in the contract's canonical text form."""
+    from serviceloop.contract import BOOLEAN, TIMESTAMP
+
+    cols = []
+    for f in entity.fields:
+        if f.type == TIMESTAMP:
+            expr = f"""to_char({f.name} at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"+00:00"')"""
+        elif f.type == BOOLEAN:
+            expr = f"case when {f.name} then 'true' when not {f.name} then 'false' end"
+        else:
+            expr = f"nullif(btrim({f.name}::text), '')"
+        cols.append(f"{expr} as {f.name}")
+    return f"select {', '.join(cols)} from {_helpdesk_table(entity.name)}"
+
+
+def _helpdesk_table(entity: str) -> str:
+    from serviceloop.sources import SOURCES
+
+    return SOURCES["helpdesk"].tables[entity]
+
+
+def _quote(value: str) -> str:
+    return "'" + str(value).replace("'", "''") + "'"
+
+
+# The SQL form of GX's ``%Y-%m-%dT%H:%M:%S%z``: the layout, with an offset or Z.
+_ISO_TIMESTAMP_RE = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(Z|[+-]\d{2}:?\d{2})$"
+
+
+def rule_predicate(rule) -> str:
+    """The SQL condition under which a row breaks one rule of a suite (nulls pass value rules, as in GX)."""
+    col, kw = rule.kwargs["column"], rule.kwargs
+    if rule.type == "expect_column_values_to_not_be_null":
+        return f"{col} is null"
+    if rule.type == "expect_column_values_to_be_in_set":
+        return f"{col} not in ({', '.join(_quote(v) for v in kw['value_set'])})"
+    if rule.type == "expect_column_values_to_match_regex":
+        return f"{col} !~ {_quote(kw['regex'])}"
+    if rule.type == "expect_column_values_to_match_strftime_format":
+        if kw["strftime_format"] != "%Y-%m-%dT%H:%M:%S%z":
+            raise ValueError(f"rule {rule.rule}: no SQL form for strftime format {kw['strftime_format']!r}")
+        return f"{col} !~ {_quote(_ISO_TIMESTAMP_RE)}"
+    if rule.type == "expect_column_value_lengths_to_be_between":
+        return f"length({col}) not between {kw.get('min_value', 0)} and {kw.get('max_value', 2**31 - 1)}"
+    raise ValueError(f"rule {rule.rule}: no SQL form for {rule.type}")
+
+
+def validation_sql(entity: str, table: str) -> str:
+    """One pass over ``table`` counting the rows that break each rule of the entity's suite."""
+    from serviceloop.validation import load_suite
+
+    cases = ",\n        ".join(f"case when {rule_predicate(r)} then {_quote(r.rule)} end" for r in load_suite(entity))
+    return f"""
+    select broken.rule, count(*)
+    from {table}
+    cross join lateral unnest(array[
+        {cases}
+    ]) as broken (rule)
+    where broken.rule is not null
+    group by broken.rule
+    """
+
+
+def _psql(url: str, command: str, log: Path) -> dict:
+    return measured(["psql", "--no-psqlrc", "-v", "ON_ERROR_STOP=1", "-q", url, "-c", command], log=log)
+
+
+# --- one size ------------------------------------------------------------------------------
+
+
+class Bench:
+    def __init__(self, home: Path, history_days: int = HISTORY_DAYS, log=print):
+        self.home = home
+        self.history_days = history_days
+        self.say = log
+        self.log_path = home / "logs" / "bench.log"
+        self.work = home / "bench-files"
+
+    # -- environment
+
+    def setup(self) -> None:
+        """Point everything at the bench's own state folder and start its warehouse and Airflow."""
+        os.environ["SERVICELOOP_HOME"] = str(self.home)
+        os.environ.pop("SERVICELOOP_WAREHOUSE_URL", None)
+        os.environ.pop("AIRFLOW_HOME", None)
+        os.environ.setdefault("XDG_RUNTIME_DIR", "/tmp")
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        from serviceloop import pipeline
+
+        pipeline.prepare(self.log_path)
+
+    def teardown(self) -> None:
+        from serviceloop import warehouse
+
+        warehouse.stop()
+
+    def reset(self) -> None:
+        """Empty warehouse, helpdesk and survey drop: each size starts from nothing."""
+        import psycopg2
+        from sqlalchemy.engine import make_url
+
+        from serviceloop import schema, warehouse
+        from serviceloop.settings import HELPDESK_DB, WAREHOUSE_DB, paths
+
+        admin = make_url(warehouse.url()).set(database="postgres").render_as_string(hide_password=False)
+        with contextlib.closing(psycopg2.connect(admin)) as conn:
+            conn.autocommit = True
+            with conn.cursor() as cur:
+                for db in (WAREHOUSE_DB, HELPDESK_DB):
+                    cur.execute(f'drop database if exists "{db}" with (force)')
+        warehouse.ensure_databases()
+        with warehouse.connect() as conn, conn.cursor() as cur:
+            schema.ensure(conn)
+            cur.execute("create schema bench")
+        for folder in (paths().drops, paths().reports, self.work):
+            shutil.rmtree(folder, ignore_errors=True)
+        self.work.mkdir(parents=True)
+
+    def _dbt_build(self, *extra: str) -> dict:
+        from serviceloop import airflow_env
+        from serviceloop.settings import paths
+
+        p = paths()
+        args = [
+            airflow_env.dbt_bin(), "build", "--project-dir", str(p.dbt_project), "--profiles-dir", str(p.dbt_project),
+            "--target-path", str(p.dbt_target), "--log-path", str(self.home / "logs" / "dbt"), "--target", "warehouse",
+            *extra,
+        ]  # fmt: skip
+        return measured(args, env=airflow_env.environment(), log=self.log_path)
+
+    def _ingest_all(self, start: dt.datetime, end: dt.datetime) -> dict:
+        """Every entity's batch for the interval, in one child process (its peak RSS is the stage's)."""
+        return child("ingest", {"start": start.isoformat(), "end": end.isoformat()}, self.log_path)
+
+    # -- the measurements
+
+    def run_size(self, size: int, save=lambda m: None) -> dict:
+        """Every measurement of one size; ``save`` gets the measurements so far after each stage."""
+        from serviceloop import airflow_env, warehouse
+        from serviceloop.contract import ENTITIES
+        from serviceloop.settings import HELPDESK_DB
+
+        p = plan(size, self.history_days)
+        start, history_end = dt.datetime.fromisoformat(p["start"] + "T00:00:00+00:00"), _end(p)
+        day1, day2 = _end(p, 1), _end(p, 2)
+        m: dict = {"plan": p}
+        self.reset()
+
+        self.say(f"[{size:,}] simulate {p['days']} days at {p['tickets_per_day']} tickets a weekday")
+        sim = child("simulate", {"plan": p, "extra_days": 0}, self.log_path)
+        m["simulate"] = sim
+
+        # The anchors go first: at the largest size they are measured even if the run is cut short.
+        self.say(f"[{size:,}] anchors: psql COPY, SQL validation pass, to_sql")
+        wh_url, hd_url = warehouse.url(), warehouse.url(HELPDESK_DB)
+        files, copy_seconds, sql_seconds, sql_counts = {}, 0.0, 0.0, {}
+        import psycopg2
+
+        for name in LOAD_ENTITIES:
+            entity = ENTITIES[name]
+            path = self.work / f"{name}.csv"
+            files[name] = str(path)
+            # The same rows the ingest read, in the canonical text form it loads, as a file.
+            _psql(hd_url, f"\\copy ({_canonical_sql(entity)}) to '{path}' with (format csv)", self.log_path)
+            with contextlib.closing(psycopg2.connect(wh_url)) as conn, conn.cursor() as cur:
+                cur.execute(
+                    f"create table bench.{name}_copy as select {', '.join(entity.columns)}"
+                    f" from raw.helpdesk__{name} with no data"
+                )
+                cur.execute(f"create table bench.{name}_text ({', '.join(c + ' text' for c in entity.columns)})")
+                conn.commit()
+            copy_seconds += _psql(
+                wh_url, f"\\copy bench.{name}_copy ({', '.join(entity.columns)}) from '{path}' with (format csv)",
+                self.log_path,
+            )["seconds"]  # fmt: skip
+            # Staged as text (untimed), then one timed SQL pass of the suite's checks.
+            _psql(wh_url, f"\\copy bench.{name}_text from '{path}' with (format csv)", self.log_path)
+            with contextlib.closing(psycopg2.connect(wh_url)) as conn, conn.cursor() as cur:
+                cur.execute(f"analyze bench.{name}_text")
+                conn.commit()
+                started = time.perf_counter()
+                cur.execute(validation_sql(name, f"bench.{name}_text"))
+                sql_counts[name] = dict(cur.fetchall())
+                sql_seconds += time.perf_counter() - started
+        to_sql = child("to_sql", {"files": files, "limit": TO_SQL_ROWS}, self.log_path)
+        m["anchors"] = {"copy_seconds": copy_seconds, "sql_validation_seconds": sql_seconds, "to_sql": to_sql}
+        save(m)
+
+        self.say(f"[{size:,}] ingest the history")
+        ingested = self._ingest_all(start, history_end)
+        history = ingested["entities"]
+        m["ingest_history"] = ingested
+        load_rows = sum(history[e]["rows_read"] for e in LOAD_ENTITIES)
+        load_seconds = sum(history[e]["work_seconds"] for e in LOAD_ENTITIES)
+        gx_seconds = sum(history[e]["validation_seconds"] for e in LOAD_ENTITIES)
+        copy_rate = load_rows / copy_seconds
+        m["load"] = {
+            "rows": load_rows, "seconds": load_seconds, "rows_per_s": load_rows / load_seconds,
+            "anchor_seconds": copy_seconds, "anchor_rows_per_s": copy_rate,
+            "ratio": (load_rows / load_seconds) / copy_rate,
+            "peak_rss_mb": ingested["peak_rss_mb"],
+        }  # fmt: skip
+        m["to_sql"] = {
+            "rows": to_sql["rows"], "seconds": to_sql["work_seconds"], "rows_per_s": to_sql["rows"] / to_sql["work_seconds"],
+            "anchor_rows_per_s": copy_rate, "ratio": (to_sql["rows"] / to_sql["work_seconds"]) / copy_rate,
+            "peak_rss_mb": to_sql["peak_rss_mb"],
+        }  # fmt: skip
+        m["validation"] = {
+            "rows": load_rows, "seconds": gx_seconds, "anchor_seconds": sql_seconds, "ratio": gx_seconds / sql_seconds,
+            "gx_failed_rules": {e: history[e]["failed_rules"] for e in LOAD_ENTITIES}, "sql_failed_rules": sql_counts,
+        }  # fmt: skip
+
+        save(m)
+        self.say(f"[{size:,}] dbt full build")
+        full = self._dbt_build("--full-refresh")
+        m["dbt_full"] = {"seconds": full["seconds"], "peak_rss_mb": full["peak_rss_mb"]}
+
+        save(m)
+        self.say(f"[{size:,}] drift over every team and day, and one Evidently report")
+        drift = child("drift", {}, self.log_path)
+        anchor = child("drift_anchor", {}, self.log_path)
+        m["drift"] = {
+            "seconds": drift["work_seconds"], "anchor_seconds": anchor["work_seconds"],
+            "ratio": drift["work_seconds"] / anchor["work_seconds"], "days": drift["days"], "runs": drift["runs"],
+            "evaluations": drift["evaluations"], "anchor_rows": anchor["rows"], "peak_rss_mb": drift["peak_rss_mb"],
+            "anchor_peak_rss_mb": anchor["peak_rss_mb"],
+        }  # fmt: skip
+
+        save(m)
+        self.say(f"[{size:,}] 1 % of the tickets change, the next interval is ingested and built")
+        child("simulate", {"plan": p, "extra_days": 1}, self.log_path)
+        with contextlib.closing(psycopg2.connect(hd_url)) as conn, conn.cursor() as cur:
+            table = _helpdesk_table("tickets")
+            cur.execute(f"select count(*) from {table}")
+            changed = max(1, int(cur.fetchone()[0] * CHANGED_SHARE))
+            # Touched in place during the next interval, as an agent re-saving a ticket does.
+            cur.execute(
+                f"""
+                update {table} set updated_at = %s
+                where ticket_id in (select ticket_id from {table} where updated_at < %s order by md5(ticket_id) limit %s)
+                """,
+                (history_end + dt.timedelta(hours=12), history_end, changed),
+            )
+            conn.commit()
+        increment = self._ingest_all(history_end, day1)
+        incremental = self._dbt_build()
+        m["ingest_increment"] = {
+            "seconds": sum(r["work_seconds"] for r in increment["entities"].values()),
+            "rows": sum(r["rows_read"] for r in increment["entities"].values()),
+            "tickets_changed": changed,
+            "peak_rss_mb": increment["peak_rss_mb"],
+        }
+        m["dbt_incremental"] = {
+            "seconds": incremental["seconds"], "anchor_seconds": full["seconds"],
+            "ratio": incremental["seconds"] / full["seconds"], "peak_rss_mb": incremental["peak_rss_mb"],
+        }  # fmt: skip
+        child("drift", {}, self.log_path)  # catch up, so the daily interval evaluates one day
+
+        save(m)
+        self.say(f"[{size:,}] one daily interval: bare stages, then the same interval through Airflow")
+        child("simulate", {"plan": p, "extra_days": 2}, self.log_path)
+        bare_ingest = self._ingest_all(day1, day2)
+        bare_dbt = self._dbt_build()
+        bare_drift = child("drift", {}, self.log_path)
+        bare = {
+            "ingest": sum(r["work_seconds"] for r in bare_ingest["entities"].values()),
+            "dbt": bare_dbt["seconds"],
+            "drift": bare_drift["work_seconds"],
+        }
+        with contextlib.closing(psycopg2.connect(wh_url)) as conn, conn.cursor() as cur:
+            # The interval's drift evaluation is redone by the DAG, as its first run would do it.
+            cur.execute("delete from monitoring.drift_runs where as_of >= %s", ((day2 - dt.timedelta(days=1)).date(),))
+            conn.commit()
+        dags = {}
+        for dag_id in ("serviceloop_ingest", "serviceloop_transform", "serviceloop_drift"):
+            args = [airflow_env.airflow_bin(), "dags", "test", dag_id, day2.isoformat()]
+            dags[dag_id] = measured(args, env=airflow_env.environment(), log=self.log_path)
+        airflow_seconds = sum(d["seconds"] for d in dags.values())
+        m["airflow_day"] = {
+            "seconds": airflow_seconds, "anchor_seconds": sum(bare.values()),
+            "ratio": airflow_seconds / sum(bare.values()), "bare": bare,
+            "dags": {k: v["seconds"] for k, v in dags.items()},
+            "peak_rss_mb": max(d["peak_rss_mb"] for d in dags.values()),
+            "rows": sum(r["rows_read"] for r in bare_ingest["entities"].values()),
+        }  # fmt: skip
+
+        stages = {
+            "ingest of the history": ingested["peak_rss_mb"],
+            "dbt full build": full["peak_rss_mb"],
+            "dbt build after 1 % change": incremental["peak_rss_mb"],
+            "drift": drift["peak_rss_mb"],
+            **{f"airflow {k}": v["peak_rss_mb"] for k, v in dags.items()},
+        }
+        worst = max(stages, key=stages.get)
+        m["peak_rss"] = {
+            "peak_rss_mb": stages[worst],
+            "stage": worst,
+            "stages": stages,
+            "simulator_mb": sim["peak_rss_mb"],
+        }
+        return m
+
+
+# --- results -------------------------------------------------------------------------------
+
+
+def machine() -> dict:
+    mem_kb = 0
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                mem_kb = int(line.split()[1])
+    cpu = ""
+    with contextlib.suppress(OSError):
+        cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                    if ln.startswith("model name")), "")  # fmt: skip
+    return {
+        "nproc": os.cpu_count(),
+        "cpus_usable": len(os.sched_getaffinity(0)),
+        "memory_gb": round(mem_kb / 1024**2, 1),
+        "cpu": cpu,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+
+
+def commit(repo: Path) -> dict:
+    def git(*args: str) -> str:
+        proc = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True)
+        return proc.stdout.strip() if proc.returncode == 0 else ""
+
+    return {"hash": git("rev-parse", "HEAD") or None, "uncommitted_changes": bool(git("status", "--porcelain"))}
+
+
+def verdict(stage: str, ratio: float | None) -> bool | None:
+    if stage not in TARGETS or ratio is None:
+        return None
+    op, target = TARGETS[stage]
+    return ratio >= target if op == ">=" else ratio <= target
+
+
+def rows(results: dict) -> list[dict]:
+    """The table: one row per stage and size, the stage, its anchor and their ratio."""
+    out = []
+    sizes = sorted(results["sizes"], key=int)
+    largest = sizes[-1] if sizes else None
+    for stage, label in LABELS.items():
+        for size in sizes:
+            m = results["sizes"][size].get(stage)
+            if m is None:
+                continue
+            if stage in ("load", "to_sql"):
+                value, anchor = m["rows_per_s"], m["anchor_rows_per_s"]
+            else:
+                value, anchor = m.get("seconds", m.get("peak_rss_mb")), m.get("anchor_seconds")
+            if stage == "peak_rss":
+                value = m["peak_rss_mb"]
+            ratio = m.get("ratio")
+            met = verdict(stage, ratio)
+            target = f"{TARGETS[stage][0]} {TARGETS[stage][1]}x" if stage in TARGETS else ""
+            if stage == "peak_rss":
+                target = f"<= {PEAK_RSS_TARGET_MB} MB at {int(largest):,}"
+                met = value <= PEAK_RSS_TARGET_MB if size == largest else None
+            out.append({
+                "stage": stage, "label": label, "size": int(size), "value": value, "anchor": anchor,
+                "ratio": ratio, "target": target, "met": met, "peak_rss_mb": m.get("peak_rss_mb"),
+            })  # fmt: skip
+    return out
+
+
+def print_table(results: dict, console=None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console(highlight=False, width=None if sys.stdout.isatty() else 160)
+    table = Table(title=f"ServiceLoop bench ({results['machine']['nproc']} CPUs, {results['machine']['memory_gb']} GB)")
+    for col in ("stage", "tickets", "ServiceLoop", "anchor", "ratio", "target", "met", "peak RSS MB"):
+        table.add_column(col, justify="left" if col in ("stage", "target") else "right")
+    previous = None
+    for r in rows(results):
+        met = {True: "[green]yes[/green]", False: "[red]no[/red]", None: ""}[r["met"]]
+        table.add_row(
+            r["label"] if r["stage"] != previous else "", f"{r['size']:,}", _num(r["value"]), _num(r["anchor"]),
+            "" if r["ratio"] is None else f"{r['ratio']:.2f}x", r["target"], met, _num(r["peak_rss_mb"]),
+        )  # fmt: skip
+        previous = r["stage"]
+    console.print(table)
+
+
+def _num(value) -> str:
+    if value is None:
+        return ""
+    return f"{value:,.0f}" if value >= 100 else f"{value:.2f}"
+
+
+def write_results(path: Path, measured_sizes: dict, repo: Path) -> dict:
+    """Merge this run's sizes into the results file (other sizes are kept as they were)."""
+    results = {"sizes": {}}
+    if path.exists():
+        with contextlib.suppress(ValueError):
+            results = json.loads(path.read_text())
+    results.setdefault("sizes", {})
+    results["machine"] = machine()
+    for size, m in measured_sizes.items():
+        results["sizes"][str(size)] = m
+    results["rows"] = rows(results)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    return results
+
+
+def run(sizes: list[int], output: Path, home: Path | None = None, history_days: int = HISTORY_DAYS) -> dict:
+    """Measure every size; writes ``output`` after each size, so a long run keeps what it measured."""
+    from serviceloop.settings import REPO_ROOT, paths
+
+    home = home or paths().home / "bench"
+    bench = Bench(home, history_days)
+    bench.setup()
+    results = {}
+    try:
+        for size in sizes:
+            started = time.perf_counter()
+
+            def save(m: dict, complete: bool = False, size: int = size, started: float = started) -> dict:
+                m["complete"] = complete
+                m["commit"] = commit(REPO_ROOT)
+                m["measured_at"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+                m["total_seconds"] = time.perf_counter() - started
+                return write_results(output, {size: m}, REPO_ROOT)
+
+            results = save(bench.run_size(size, save), complete=True)
+    finally:
+        bench.teardown()
+    return results
+
+
+def _child_main(argv: list[str]) -> int:
+    step, params, out = argv
+    result = STEPS[step](json.loads(params))
+    Path(out).write_text(json.dumps(result, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 5 and sys.argv[1] == "--step":
+        sys.exit(_child_main(sys.argv[2:]))
+    sys.exit("usage: serviceloop bench [--sizes ...]")

@@ -1,0 +1,110 @@
+"""The benchmark harness at 10k tickets, so it cannot rot: every row, with sane numbers.
+
+It checks that `serviceloop bench` measures each stage and its anchor, not how fast they
+are (speed targets are judged in the bench's own results, never in a test). It runs the
+bench as a user does, through the command, in a state folder of its own.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from serviceloop import bench
+
+pytestmark = pytest.mark.slow
+
+SIZE = 10_000
+HISTORY_DAYS = 42  # the fewest that still give drift a week of days to evaluate
+
+
+@pytest.fixture(scope="module")
+def results():
+    # Not under pytest's basetemp: other pytest runs on the machine rotate old basetemps
+    # away, which would pull the data directory from under the bench's running server.
+    work = Path(tempfile.mkdtemp(prefix="serviceloop-bench-smoke-"))
+    output = work / "results.json"
+    env = {**os.environ, "SERVICELOOP_HOME": str(work / "home")}
+    env.pop("AIRFLOW_HOME", None)
+    env.pop("SERVICELOOP_WAREHOUSE_URL", None)
+    cmd = [
+        str(Path(sys.executable).with_name("serviceloop")), "bench", "--sizes", str(SIZE),
+        "--history-days", str(HISTORY_DAYS), "--output", str(output), "--home", str(work / "bench"),
+    ]  # fmt: skip
+    try:
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        yield json.loads(output.read_text()), proc.stdout
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _positive(value) -> bool:
+    return isinstance(value, int | float) and value > 0 and math.isfinite(value)
+
+
+def test_every_stage_has_its_row_with_a_measured_ratio(results):
+    data, stdout = results
+    by_stage = {r["stage"]: r for r in data["rows"] if r["size"] == SIZE}
+    assert set(by_stage) == set(bench.LABELS), "one row per stage"
+    for stage, row in by_stage.items():
+        assert _positive(row["value"]), stage
+        if stage in bench.TARGETS:
+            assert _positive(row["anchor"]) and _positive(row["ratio"]), stage
+            assert row["met"] in (True, False), stage
+    assert by_stage["peak_rss"]["met"] in (True, False), "the memory target is judged at the largest size"
+    for label in bench.LABELS.values():
+        assert label in stdout, f"the printed table lacks {label!r}"
+
+
+def test_the_simulated_organisation_has_the_size_asked_for(results):
+    data, _ = results
+    m = data["sizes"][str(SIZE)]
+    read = {e: r["rows_read"] for e, r in m["ingest_history"]["entities"].items()}
+    assert 0.85 * SIZE <= read["tickets"] <= 1.15 * SIZE
+    assert 4 <= read["ticket_events"] / read["tickets"] <= 9
+    assert 0.15 <= read["surveys"] / read["tickets"] <= 0.45
+    assert m["load"]["rows"] == read["tickets"] + read["ticket_events"]
+    # 1 % of the helpdesk's tickets (the history and the next day's) are touched in the next
+    # interval, which reads them all again.
+    changed = m["ingest_increment"]["tickets_changed"]
+    assert read["tickets"] / 100 <= changed <= read["tickets"] * 1.1 / 100
+    assert m["ingest_increment"]["rows"] >= changed
+    assert m["dbt_incremental"]["anchor_seconds"] == m["dbt_full"]["seconds"]
+
+
+def test_the_sql_anchor_checks_what_great_expectations_checks(results):
+    data, _ = results
+    validation = data["sizes"][str(SIZE)]["validation"]
+    assert validation["sql_failed_rules"] == validation["gx_failed_rules"]
+    assert sum(validation["gx_failed_rules"]["tickets"].values()) > 0, "the simulator's bad records are caught"
+
+
+def test_drift_and_the_daily_interval_measure_the_whole_work(results):
+    data, _ = results
+    m = data["sizes"][str(SIZE)]
+    drift = m["drift"]
+    assert drift["days"] >= 7 and drift["runs"] == drift["days"] * 5, "every team on every day"
+    assert drift["anchor_rows"] > 0
+    day = m["airflow_day"]
+    assert set(day["dags"]) == {"serviceloop_ingest", "serviceloop_transform", "serviceloop_drift"}
+    assert all(_positive(v) for v in [*day["dags"].values(), *day["bare"].values()])
+    assert math.isclose(day["anchor_seconds"], sum(day["bare"].values()))
+
+
+def test_results_say_where_and_on_what_they_were_measured(results):
+    data, _ = results
+    m = data["sizes"][str(SIZE)]
+    assert len(m["commit"]["hash"]) == 40
+    assert data["machine"]["nproc"] >= 1 and data["machine"]["memory_gb"] > 0
+    stages = m["peak_rss"]["stages"]
+    assert all(50 < mb < 8192 for mb in stages.values()), stages
+    assert m["peak_rss"]["peak_rss_mb"] == max(stages.values())
