@@ -129,6 +129,35 @@ def cmd_down(args) -> int:
     return 0
 
 
+def _sizes(text: str) -> list[int]:
+    try:
+        sizes = [int(part.replace("_", "")) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of ticket counts: {text!r}") from None
+    if not sizes or min(sizes) < 1000:
+        raise argparse.ArgumentTypeError(f"sizes are ticket counts of at least 1000: {text!r}")
+    return sizes
+
+
+def cmd_bench(args) -> int:
+    from pathlib import Path
+
+    from serviceloop import bench
+    from serviceloop.settings import REPO_ROOT
+
+    output = Path(args.output) if args.output else REPO_ROOT / "bench" / "results.json"
+    results = bench.run(args.sizes, output, home=Path(args.home) if args.home else None, history_days=args.history_days)
+    bench.print_table(results)
+    print(f"results: {output}")
+    return 0
+
+
+def cmd_reviews(args) -> int:
+    from serviceloop import review_cli
+
+    return review_cli.run(args)
+
+
 def cmd_passthrough(tool: str, argv: list[str]) -> int:
     import subprocess
 
@@ -172,6 +201,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("down", help="stop what `up` started")
     p.add_argument("--warehouse", action="store_true", help="also stop the embedded warehouse")
     p.set_defaults(func=cmd_down)
+
+    p = sub.add_parser("bench", help="measure each stage beside its bare anchor at 10k, 100k and 1M tickets")
+    p.add_argument("--sizes", type=_sizes, default=[10_000, 100_000, 1_000_000], help="ticket counts, comma-separated")
+    p.add_argument("--output", help="results file (default: bench/results.json; sizes not measured are kept)")
+    p.add_argument("--home", help="the bench's state folder (default: <SERVICELOOP_HOME>/bench)")
+    p.add_argument(
+        "--history-days", type=int, default=56, help="days of history per size (at least 42: drift needs 35)"
+    )
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("reviews", help="improvement reviews: list, show, and act on them")
+    from serviceloop.review_cli import add_arguments
+
+    add_arguments(p)
+    p.set_defaults(func=cmd_reviews)
 
     sub.add_parser("airflow", help="run an airflow command in the project's environment", add_help=False)
     sub.add_parser("dbt", help="run a dbt command against the warehouse", add_help=False)

@@ -81,13 +81,26 @@ def period_end(options: RunOptions) -> dt.datetime:
 
 
 def prepare(log_path: Path) -> None:
-    from serviceloop import schema
+    from serviceloop import roles, schema
 
     warehouse.start()
     with warehouse.connect() as conn:
         schema.ensure(conn)
+        roles.ensure_analyst(conn)
     airflow_env.migrate(log_path)
     airflow_env.dbt_parse(log_path)
+
+
+def dbt_docs(log_path: Path) -> Path:
+    """Build the dbt docs site of the models (one static HTML page); returns its path."""
+    docs = paths().reports / "dbt-docs"
+    args = [
+        airflow_env.dbt_bin(), "docs", "generate", "--static", "--project-dir", str(paths().dbt_project),
+        "--profiles-dir", str(paths().dbt_project), "--target-path", str(docs), "--target", "warehouse",
+    ]  # fmt: skip
+    if airflow_env.run_logged(args, log_path) != 0:
+        raise RuntimeError(f"`dbt docs generate` failed; see {log_path}")
+    return docs / "static_index.html"
 
 
 def run(options: RunOptions) -> int:
@@ -108,8 +121,26 @@ def run(options: RunOptions) -> int:
     ):
         with step(f"{dag_id} - {label}"):
             airflow_env.dags_test(dag_id, logical_date, log_path)
-    print_summary(end)
+    with step("dbt docs: every model, column and KPI definition as one HTML page"):
+        dbt_docs(log_path)
+    manager_actions = None
+    if options.simulate:
+        with step("simulated manager: act on the reviews the scenario's fix answers, then measure the effect"):
+            manager_actions = act_as_simulated_manager(end)
+    print_summary(end, manager_actions)
     return 0
+
+
+def act_as_simulated_manager(end: dt.datetime) -> list[str]:
+    """The demo's manager acts through the review API; the effect is then measured as the DAG does."""
+    from serviceloop import alerts, simulated_manager, verification
+
+    p = paths()
+    with warehouse.connect() as conn:
+        done = simulated_manager.act(conn, p.ground_truth, end.date())
+        verification.measure(conn)
+        alerts.send_review_alerts(conn, outbox=p.outbox)
+    return done
 
 
 def summary(end: dt.datetime) -> dict:
@@ -145,8 +176,12 @@ def summary(end: dt.datetime) -> dict:
             """
             select r.segment, r.metric, r.reference_value, r.current_value, r.effect, r.since, r.detected_on,
                 r.review_id, r.status, r.owner_name, r.report_path,
-                (select count(*) from monitoring.review_evidence as e where e.review_id = r.review_id)
-            from monitoring.improvement_reviews as r order by r.detected_on, r.segment, r.metric
+                (select count(*) from monitoring.review_evidence as e where e.review_id = r.review_id),
+                r.implemented_on, r.verified_on, x.effect_vs_baseline, x.effect_vs_drift, x.effect_vs_drift_low,
+                x.effect_vs_drift_high
+            from monitoring.improvement_reviews as r
+            left join monitoring.review_effects as x on x.review_id = r.review_id
+            order by r.detected_on, r.segment, r.metric
             """
         )
         out["reviews"] = cur.fetchall()
@@ -161,7 +196,7 @@ def latest_interval_end() -> dt.datetime | None:
         return cur.fetchone()[0]
 
 
-def print_summary(end: dt.datetime | None = None) -> None:
+def print_summary(end: dt.datetime | None = None, manager_actions: list[str] | None = None) -> None:
     from serviceloop.alerts import _describe_change
 
     end = end or latest_interval_end()
@@ -176,17 +211,35 @@ def print_summary(end: dt.datetime | None = None) -> None:
     for source, entity, read, loaded, quarantined, reasons in s["batches"]:
         table.add_row(source, entity, str(read), str(loaded), str(quarantined), reasons)
     console.print(table)
-    console.print(f"KPI rows built (marts.kpi_daily, team x day): {s['kpi_rows']}")
+    console.print(f"KPI rows built (marts.kpi_daily, day x team x channel x priority): {s['kpi_rows']}")
     console.print(f"Drift evaluations (team x metric x day): {s['evaluations']}, of them findings: {s['finding_days']}")
     reviews = Table(title="Improvement reviews (one per team and metric)")
     for col in ("review", "team", "metric", "reference -> current", "since", "detected", "evidence", "owner"):
         reviews.add_column(col, overflow="fold")
-    for seg, metric, ref_v, cur_v, effect, since, detected, rid, _status, owner, _report, evidence in s["reviews"]:
+    reviews.add_column("status")
+    for seg, metric, ref_v, cur_v, effect, since, detected, rid, status, owner, _report, evidence, *_ in s["reviews"]:
         reviews.add_row(
             rid, seg, metric, _describe_change(metric, ref_v, cur_v, effect), str(since), str(detected),
-            f"{evidence} findings", owner or "",
+            f"{evidence} findings", owner or "", status,
         )  # fmt: skip
     console.print(reviews)
+    opened = [r for r in s["reviews"] if r[8] not in ("verified", "dismissed")]
+    verified = [r for r in s["reviews"] if r[8] == "verified"]
+    dismissed = sum(1 for r in s["reviews"] if r[8] == "dismissed")
+    console.print(
+        f"Reviews opened: {len(s['reviews'])} (in progress {len(opened)}, verified {len(verified)}, "
+        f"dismissed as false alarms {dismissed})"
+    )
+    if manager_actions:
+        console.print("Simulated manager's actions (the demo plays the manager, from the scenario's ground truth):")
+        for line in manager_actions:
+            console.print(f"  {line}")
+    for r in verified:
+        *_, implemented_on, verified_on, vs_base, vs_drift, low, high = r
+        console.print(
+            f"  verified {r[7]} on {verified_on} (changed {implemented_on}): effect against the drift\n"
+            f"    {vs_drift:+.2f} (95% CI {low:+.2f} to {high:+.2f}), against the old baseline {vs_base:+.2f}"
+        )
     console.print(f"Alerts written: {len(s['alerts'])}")
     for _key, recipient, location in s["alerts"]:
         console.print(f"  to {recipient}: {location}")
@@ -198,3 +251,6 @@ def print_summary(end: dt.datetime | None = None) -> None:
         f"  ls {p.outbox}                alerts to managers (.eml)\n"
         "  .venv/bin/serviceloop warehouse url   connect with psql to query the marts"
     )
+    docs = p.reports / "dbt-docs" / "static_index.html"
+    if docs.exists():
+        console.print(f"  open {docs}   dbt docs: models, columns, KPI definitions")
