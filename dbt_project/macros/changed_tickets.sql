@@ -80,3 +80,17 @@
 {% macro ingest_loaded_through() -%}
     (select max(batches.loaded_at) from {{ source('ops', 'batches') }} as batches)
 {%- endmacro %}
+
+
+{#-
+    The body of a ticket-grain fact's `changed` CTE: on an incremental run the tickets
+    changed_ticket_ids returns, on a full build every ticket of full_build (the relation
+    the model is built from).
+-#}
+{% macro tickets_to_rebuild(incremental, full_build) -%}
+    {% if incremental -%}
+        select ticket_id from {{ changed_ticket_ids(**kwargs) }} as changed_ids
+    {%- else -%}
+        select ticket_id from {{ full_build }}
+    {%- endif %}
+{%- endmacro %}

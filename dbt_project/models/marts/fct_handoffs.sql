@@ -12,11 +12,7 @@ with
 
 changed as (
 
-    {% if incremental -%}
-        select ticket_id from {{ changed_ticket_ids(entities=['ticket_events']) }} as changed_ids
-    {%- else -%}
-        select ticket_id from {{ ref('stg_helpdesk__ticket_events') }}
-    {%- endif %}
+    {{ tickets_to_rebuild(incremental, ref('stg_helpdesk__ticket_events'), entities=['ticket_events']) }}
 
 ),
 

@@ -12,11 +12,7 @@ with
 
 changed as (
 
-    {% if incremental -%}
-        select ticket_id from {{ changed_ticket_ids(entities=['surveys']) }} as changed_ids
-    {%- else -%}
-        select ticket_id from {{ ref('stg_survey_drop__surveys') }}
-    {%- endif %}
+    {{ tickets_to_rebuild(incremental, ref('stg_survey_drop__surveys'), entities=['surveys']) }}
 
 ),
 

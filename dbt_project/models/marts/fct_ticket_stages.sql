@@ -12,11 +12,7 @@ with
 
 changed as (
 
-    {% if incremental -%}
-        select ticket_id from {{ changed_ticket_ids(entities=['ticket_events']) }} as changed_ids
-    {%- else -%}
-        select ticket_id from {{ ref('int_ticket_lifecycle_staged') }}
-    {%- endif %}
+    {{ tickets_to_rebuild(incremental, ref('int_ticket_lifecycle_staged'), entities=['ticket_events']) }}
 
 ),
 

@@ -13,11 +13,7 @@ with
 
 changed as (
 
-    {% if incremental -%}
-        select ticket_id from {{ changed_ticket_ids(ticket_state=true) }} as changed_ids
-    {%- else -%}
-        select ticket_id from {{ ref('stg_helpdesk__tickets') }}
-    {%- endif %}
+    {{ tickets_to_rebuild(incremental, ref('stg_helpdesk__tickets'), ticket_state=true) }}
 
 ),
 
