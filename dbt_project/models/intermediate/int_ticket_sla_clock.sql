@@ -157,24 +157,8 @@ clocked as (
 
     select
         targets.ticket_id,
-        min(
-            accumulated.piece_start
-            + (targets.first_response_target_hours - accumulated.hours_before) * interval '1 hour'
-        ) filter (
-            where
-            accumulated.clock = 'first_response'
-            and accumulated.hours_before < targets.first_response_target_hours
-            and accumulated.hours_before + accumulated.piece_hours >= targets.first_response_target_hours
-        ) as first_response_due_at,
-        min(
-            accumulated.piece_start
-            + (targets.resolution_target_hours - accumulated.hours_before) * interval '1 hour'
-        ) filter (
-            where
-            accumulated.clock = 'resolution'
-            and accumulated.hours_before < targets.resolution_target_hours
-            and accumulated.hours_before + accumulated.piece_hours >= targets.resolution_target_hours
-        ) as resolution_due_at,
+        {{ clock_due_at('first_response', 'targets.first_response_target_hours') }} as first_response_due_at,
+        {{ clock_due_at('resolution', 'targets.resolution_target_hours') }} as resolution_due_at,
         sum(
             extract(
                 epoch from
