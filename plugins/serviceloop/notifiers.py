@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import smtplib
 import urllib.error
 import urllib.request
@@ -31,6 +30,8 @@ from email import policy
 from email.message import EmailMessage
 from email.utils import parseaddr
 from pathlib import Path
+
+from serviceloop.files import write_atomically
 
 ROUTE_KINDS = ("outbox", "email", "slack", "webhook")
 DEFAULT_CONN_IDS = {"email": "serviceloop_smtp", "slack": "serviceloop_slack", "webhook": "serviceloop_webhook"}
@@ -154,19 +155,12 @@ def _post_json(url: str, payload: dict, headers: dict) -> None:
         raise DeliveryError(f"webhook unreachable: {getattr(exc, 'reason', exc)}") from None
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def send(route: Route, message: Message, *, outbox: Path) -> str:
     """Deliver ``message`` by ``route``; returns where it went. Raises DeliveryError."""
     if route.kind == "outbox":
         path = outbox / f"{message.key}.eml"
         try:
-            _write_atomically(path, message.email().as_bytes(policy=MESSAGE_POLICY))
+            write_atomically(path, message.email().as_bytes(policy=MESSAGE_POLICY))
         except OSError as exc:
             raise DeliveryError(f"cannot write to the outbox: {exc}") from None
         return str(path)

@@ -28,7 +28,6 @@ import heapq
 import io
 import json
 import math
-import os
 import re
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
@@ -41,6 +40,7 @@ import psycopg2
 from psycopg2 import sql
 
 from serviceloop import contract
+from serviceloop.files import write_atomically
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SEEDS_DIR = REPO_ROOT / "dbt_project" / "seeds"
@@ -1200,12 +1200,6 @@ def _draw_surveys(
 # --- writers -------------------------------------------------------------------------------
 
 
-def _atomic_write(path: Path, payload: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(payload)
-    os.replace(tmp, path)
-
-
 def _helpdesk_sql(entity: contract.Entity, table: str) -> list:
     """DDL for one helpdesk table, and the COPY and merge statements of an upsert into it."""
 
@@ -1314,7 +1308,7 @@ def write_survey_drop(data: SimulatedData, folder, as_of=None) -> list[Path]:
         path = folder / f"surveys_{stamp:%Y%m%d}.csv"
         payload = _survey_csv(rows, raw)
         if not (path.exists() and path.read_bytes() == payload):
-            _atomic_write(path, payload)
+            write_atomically(path, payload)
         paths.append(path)
     return paths
 
@@ -1324,5 +1318,5 @@ def write_ground_truth(data: SimulatedData, path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(data.ground_truth, indent=2, sort_keys=True, default=str) + "\n"
-    _atomic_write(path, text.encode("utf-8"))
+    write_atomically(path, text.encode("utf-8"))
     return path
