@@ -67,9 +67,6 @@ def describe_change(metric: str, reference: float, current: float, effect: float
     return f"mean {reference:.2f} -> {current:.2f} ({effect:+.2f} points worse)"
 
 
-_describe_change = describe_change  # the run summary's name for it
-
-
 def _effect_text(metric: str, value: float) -> str:
     m = METRICS_BY_NAME[metric]
     if m.kind == "continuous":

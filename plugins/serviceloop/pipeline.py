@@ -197,7 +197,7 @@ def latest_interval_end() -> dt.datetime | None:
 
 
 def print_summary(end: dt.datetime | None = None, manager_actions: list[str] | None = None) -> None:
-    from serviceloop.alerts import _describe_change
+    from serviceloop.alerts import describe_change
 
     end = end or latest_interval_end()
     if end is None:
@@ -219,7 +219,7 @@ def print_summary(end: dt.datetime | None = None, manager_actions: list[str] | N
     reviews.add_column("status")
     for seg, metric, ref_v, cur_v, effect, since, detected, rid, status, owner, _report, evidence, *_ in s["reviews"]:
         reviews.add_row(
-            rid, seg, metric, _describe_change(metric, ref_v, cur_v, effect), str(since), str(detected),
+            rid, seg, metric, describe_change(metric, ref_v, cur_v, effect), str(since), str(detected),
             f"{evidence} findings", owner or "", status,
         )  # fmt: skip
     console.print(reviews)
