@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 export XDG_RUNTIME_DIR ?= /tmp
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test lint up down clean warehouse-start warehouse-stop format bench
+.PHONY: help install browser run test lint up down clean warehouse-start warehouse-stop format bench
 
 help: ## list the commands
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -21,10 +21,23 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## create .venv and install the project (done by every target on first use)
 
+# Debian's Chromium and ChromeDriver drive the Reviews page's browser test; the CJK font lets
+# charts and pages draw Chinese labels. Installed once, as root, when the browser is missing.
+BROWSER := /usr/bin/chromium
+BROWSER_PACKAGES := chromium chromium-driver fonts-noto-cjk
+APT_INSTALL := DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(BROWSER_PACKAGES)
+
+$(BROWSER):
+	@echo "installing $(BROWSER_PACKAGES) (Debian packages) ..."
+	@$(APT_INSTALL) >/dev/null 2>&1 || { apt-get update -qq >/dev/null && $(APT_INSTALL) >/dev/null; } \
+		|| { echo "could not install $(BROWSER_PACKAGES) with apt-get (needs root and Debian's registry)" >&2; exit 1; }
+
+browser: $(BROWSER) ## headless Chromium, ChromeDriver and a CJK font (Debian packages) for the browser test
+
 run: $(STAMP) ## the main job: simulate 120 days, run ingest, dbt and drift through Airflow, print a summary
 	$(BIN)/serviceloop run
 
-test: $(STAMP) lint ## lint, then the whole test suite (what CI runs)
+test: $(STAMP) lint browser ## lint, then the whole test suite (what CI runs)
 	$(BIN)/pytest
 
 bench: $(STAMP) ## each stage beside its bare anchor at 10k, 100k, 1M tickets -> bench/results.json (1M: over an hour)

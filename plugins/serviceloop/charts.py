@@ -4,8 +4,11 @@ One line of the daily value (median resolution time, breach rate, mean CSAT), th
 reference window shaded grey, the current window shaded red, the change (if any) marked,
 and the baseline as a dashed line. Rendered with matplotlib's Agg backend (no display).
 
-Chinese labels need a font with CJK glyphs; when the machine has none, the chart keeps its
-labels in English rather than draw empty boxes (the message text around it is unaffected).
+Chinese labels need a font with CJK glyphs (`make browser` installs Debian's
+``fonts-noto-cjk``; ``fonts-wqy-zenhei`` serves too). Matplotlib lists the machine's fonts once
+and caches the list, so a font installed after that is not in it: the font files are then
+looked for on the machine and added. When there is none, the chart keeps its labels in
+English rather than draw empty boxes (the message text around it is unaffected).
 """
 
 from __future__ import annotations
@@ -14,17 +17,32 @@ import datetime as dt
 import io
 from collections.abc import Sequence
 from functools import cache
+from pathlib import Path
 
 from serviceloop import glossary
 
 CJK_FONTS = ("Noto Sans CJK SC", "Noto Sans SC", "WenQuanYi Zen Hei", "WenQuanYi Micro Hei", "Source Han Sans SC")
+# How the files of those fonts are named (Debian: NotoSansCJK-Regular.ttc, wqy-zenhei.ttc).
+CJK_FONT_FILES = ("notosanscjk", "notosanssc", "wqy-", "sourcehansans")
 
 
 @cache
-def _cjk_font() -> str | None:
+def cjk_font() -> str | None:
+    """The family of the first CJK font the machine has, or None."""
     from matplotlib import font_manager
 
-    available = {f.name for f in font_manager.fontManager.ttflist}
+    manager = font_manager.fontManager
+    found = _first_known({f.name for f in manager.ttflist})
+    if found is None:
+        # Installed after matplotlib cached its font list: add the files, then look again.
+        for path in font_manager.findSystemFonts():
+            if any(key in Path(path).name.lower() for key in CJK_FONT_FILES):
+                manager.addfont(path)
+        found = _first_known({f.name for f in manager.ttflist})
+    return found
+
+
+def _first_known(available: set[str]) -> str | None:
     return next((name for name in CJK_FONTS if name in available), None)
 
 
@@ -44,7 +62,7 @@ def metric_chart(
     matplotlib.use("Agg")
     from matplotlib.figure import Figure
 
-    font = _cjk_font()
+    font = cjk_font()
     label_lang = lang if lang == "en" or font else "en"
     fig = Figure(figsize=(6.0, 2.6), dpi=100)
     ax = fig.add_subplot()
