@@ -53,6 +53,17 @@ MARTS_KEYS = {
     "kpi_delay_causes": "month_start, team_id, delay_cause",
     "kpi_scorecard": "target_id",
 }
+# The incremental tables the marts are built from; an incremental build must leave them as a
+# full rebuild does, too (but for which load of an unchanged record staging keeps: the
+# first, incrementally; the latest, in a full rebuild).
+INCREMENTAL_INPUTS = {
+    "staging.stg_helpdesk__tickets": "ticket_id",
+    "staging.stg_helpdesk__ticket_events": "event_id",
+    "staging.stg_survey_drop__surveys": "survey_id",
+    "intermediate.int_ticket_status_intervals": "ticket_id, status_seq",
+    "intermediate.int_ticket_lifecycle_staged": "ticket_id",
+    "intermediate.int_ticket_sla_clock": "ticket_id",
+}
 KPI_MARTS = [name for name in MARTS_KEYS if name.startswith("kpi_") and name != "kpi_scorecard"]
 
 
@@ -118,22 +129,25 @@ def _query(url: str, sql: str, *args) -> pd.DataFrame:
 
 
 def _checksums(url: str) -> dict[str, str]:
-    """md5 of every mart's content (bookkeeping columns left out), in key order."""
+    """md5 of every mart's and incremental input's content (bookkeeping columns left out), in key order."""
     out = {}
+    tables = {**{f"marts.{name}": key for name, key in MARTS_KEYS.items()}, **INCREMENTAL_INPUTS}
     with contextlib.closing(psycopg2.connect(url)) as conn, conn.cursor() as cur:
-        for table, key in MARTS_KEYS.items():
+        for table, key in tables.items():
+            schema_name, name = table.split(".")
             cur.execute(
                 "select column_name from information_schema.columns"
-                " where table_schema = 'marts' and table_name = %s order by ordinal_position",
-                (table,),
+                " where table_schema = %s and table_name = %s order by ordinal_position",
+                (schema_name, name),
             )
-            columns = [c for (c,) in cur.fetchall() if c not in BOOKKEEPING and c != "built_through"]
-            assert columns, f"marts.{table} is missing"
+            skip = BOOKKEEPING | {"built_through"} | ({"batch_id", "loaded_at"} if schema_name == "staging" else set())
+            columns = [c for (c,) in cur.fetchall() if c not in skip]
+            assert columns, f"{table} is missing"
             cur.execute(
                 f"select count(*), md5(coalesce(string_agg(row({', '.join(columns)})::text, '|' order by {key}), ''))"
-                f" from marts.{table}"
+                f" from {table}"
             )
-            out[table] = cur.fetchone()
+            out[name] = cur.fetchone()
     return out
 
 

@@ -1,16 +1,21 @@
 {#-
-    The incremental rule of the ticket-grain facts (fct_tickets, fct_ticket_stages,
-    fct_handoffs, fct_surveys): on an incremental run they rebuild every row of the
-    tickets returned here, and only those.
+    The incremental rule of the ticket-grain models (int_ticket_status_intervals,
+    int_ticket_lifecycle_staged, int_ticket_sla_clock, fct_tickets, fct_ticket_stages,
+    fct_handoffs, fct_surveys): on an incremental run they rebuild every row of the tickets
+    returned here, and only those.
 
-    A ticket is rebuilt when any of its records the model reads (entities) was loaded into
-    raw after the latest load the model has already seen (its max(source_loaded_at)): a new or updated ticket, a new
-    lifecycle event (reopened, reassigned, handed off ...), a new survey. With
-    ticket_state=true (fct_tickets) also the tickets still open, since whether an open
-    ticket has breached its SLA depends on the moment the data is known through
-    (macros/as_of_timestamp.sql), and the tickets of a rebuilt ticket's customer (returning
-    customer and churn proxy look at the customer's other tickets). The watermark is the data's own load time, not the clock,
+    A ticket is rebuilt when any of its records the model reads (entities) changed in
+    staging after the latest load the model has already seen (its max(source_loaded_at)):
+    a new or updated ticket, a new lifecycle event (reopened, reassigned, handed off ...),
+    a new survey. Staging keeps a record's load time until its content changes (macros/
+    latest_version.sql), so a record read again unchanged (the extraction's overlap
+    window, a rerun of an interval) rebuilds nothing. With ticket_state=true (fct_tickets)
+    also the tickets still open, since whether an open ticket has breached its SLA depends
+    on the moment the data is known through (macros/as_of_timestamp.sql), and the tickets
+    of a rebuilt ticket's customer (returning customer and churn proxy look at the
+    customer's other tickets). The watermark is the data's own load time, not the clock,
     so a second run without new data rebuilds nothing but the open tickets, identically.
+    Staging's loaded_at is indexed: finding the changed tickets reads only them.
 -#}
 {% macro changed_ticket_ids(entities=('tickets', 'ticket_events', 'surveys'), ticket_state=false) -%}
     (
@@ -25,18 +30,18 @@
 
         loaded as (
 
-            {% set raw_tables = {
-                'tickets': source('helpdesk', 'helpdesk__tickets'),
-                'ticket_events': source('helpdesk', 'helpdesk__ticket_events'),
-                'surveys': source('survey_drop', 'survey_drop__surveys'),
+            {% set staged = {
+                'tickets': 'stg_helpdesk__tickets',
+                'ticket_events': 'stg_helpdesk__ticket_events',
+                'surveys': 'stg_survey_drop__surveys',
             } -%}
     {%- for entity in entities %}
         {%- if not loop.first %}
             union
         {%- endif %}
-            select raw_records.ticket_id
-            from {{ raw_tables[entity] }} as raw_records
-            where raw_records._loaded_at > (select watermark.loaded_through from watermark)
+            select staged_records.ticket_id
+            from {{ ref(staged[entity]) }} as staged_records
+            where staged_records.loaded_at > (select watermark.loaded_through from watermark)
     {%- endfor %}
 
         ){% if ticket_state %},

@@ -3,7 +3,27 @@
 
     Raw is append-only: a record is extracted again whenever it changes and inside each
     extraction's overlap window, so staging keeps one row per key, the first by order_by.
+
+    In an incremental staging table (incremental_ready('loaded_at')), only the keys with a
+    version loaded into raw after the newest load the table holds are ranked again, over
+    all their versions; the model's delete+insert on the key replaces those rows. A full
+    build ranks every key.
 -#}
+
+{#- In an incremental staging table: only the keys loaded since its newest load. -#}
+{% macro loaded_since_staged(relation, key) -%}
+    {%- if incremental_ready('loaded_at') is sameas true -%}
+        where {{ key }} in (
+            select newer.{{ key }}
+            from {{ relation }} as newer
+            where newer._loaded_at > (
+                select coalesce(max(staged.loaded_at), cast('-infinity' as timestamptz))
+                from {{ this }} as staged
+            )
+        )
+    {%- endif -%}
+{%- endmacro %}
+
 {% macro latest_version(relation, key, order_by="_loaded_at desc") -%}
     select *
     from (
@@ -13,7 +33,27 @@
                 partition by {{ key }}
                 order by {{ order_by }}
             ) as version_rank
-        from {{ relation }}
+        from {{ relation }} {{ loaded_since_staged(relation, key) }}
     ) as versions
     where version_rank = 1
+{%- endmacro %}
+
+
+{#-
+    The end of an incremental staging model: a record whose latest version has the same
+    content as the row the table holds (read again by an overlapping extraction or a rerun
+    of an interval) is left out, so the row keeps its load time and nothing downstream
+    rebuilds for it. Compared as the whole row but the bookkeeping columns.
+-#}
+{% macro only_changed_content(relation, key) -%}
+    {%- if incremental_ready('loaded_at') is sameas true %}
+    where not exists (
+        select 1
+        from {{ this }} as staged
+        where
+            staged.{{ key }} = {{ relation }}.{{ key }}
+            and to_jsonb(staged) - 'batch_id' - 'loaded_at'
+            = to_jsonb({{ relation }}) - 'batch_id' - 'loaded_at'
+    )
+    {%- endif %}
 {%- endmacro %}

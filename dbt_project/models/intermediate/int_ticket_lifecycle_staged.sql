@@ -1,8 +1,28 @@
+{{
+    config(
+        materialized='incremental',
+        unique_key='ticket_id',
+        incremental_strategy='delete+insert',
+        indexes=[{'columns': ['ticket_id']}],
+        post_hook=['analyze {{ this }}'],
+    )
+}}
+
+{%- set incremental = incremental_ready('source_loaded_at') is sameas true %}
+
 with
+
+-- Incremental: the tickets with an event loaded since the last build are rebuilt whole.
+changed as (
+
+    {{ tickets_to_rebuild(incremental, ref('stg_helpdesk__ticket_events'), entities=['ticket_events']) }}
+
+),
 
 events as (
 
     select * from {{ ref('stg_helpdesk__ticket_events') }}
+    where ticket_id in (select changed.ticket_id from changed)
 
 ),
 
@@ -15,6 +35,7 @@ statused_events as (
         event_id,
         event_type,
         occurred_at,
+        loaded_at,
         {{ event_status('to_status', 'event_type') }} as status
     from events
 
@@ -77,7 +98,8 @@ milestones as (
         count(*) filter (where event_type = 'handoff') as handoff_count,
         count(*) filter (where event_type = 'reassigned') as reassignment_count,
         count(*) filter (where event_type = 'reopened') as reopen_count,
-        bool_or(event_type = 'escalated') as escalated
+        bool_or(event_type = 'escalated') as escalated,
+        max(loaded_at) as source_loaded_at
     from statused_events
     group by ticket_id
 
@@ -122,6 +144,7 @@ bounds as (
         milestones.reassignment_count,
         milestones.reopen_count,
         milestones.escalated,
+        milestones.source_loaded_at,
         case
             when current_statuses.current_status in ('resolved', 'closed')
                 then milestones.last_resolved_at
@@ -185,7 +208,8 @@ final as (
         reopen_count,
         reopened,
         escalated,
-        ping_pong
+        ping_pong,
+        source_loaded_at
     from stages
 
 )

@@ -1,18 +1,59 @@
+{{
+    config(
+        materialized='incremental',
+        unique_key='ticket_id',
+        incremental_strategy='delete+insert',
+        indexes=[{'columns': ['ticket_id']}],
+        post_hook=['analyze {{ this }}'],
+    )
+}}
+
+-- depends_on: {{ ref('stg_helpdesk__ticket_events') }}
+
+{% set incremental = incremental_ready('source_loaded_at') is sameas true %}
+
 {#- How far ahead of its last event an open ticket's clock is laid out (business days and
     pauses included); a deadline further out than this is not known yet. -#}
 {%- set horizon = "interval '" ~ var('sla_clock_horizon_days', 60) ~ " days'" -%}
 
 with
 
+-- Incremental: the tickets loaded again or with a new event since the last build, and the
+-- tickets not yet responded to or resolved (their clocks run up to the moment the data is
+-- known through, which every load moves). A change of sla_policies needs a full refresh.
+changed as (
+
+    {{ tickets_to_rebuild(incremental, ref('stg_helpdesk__tickets'), entities=['tickets', 'ticket_events']) }}
+    {%- if incremental %}
+        union
+        select open_tickets.ticket_id
+        from {{ ref('stg_helpdesk__tickets') }} as open_tickets
+        where open_tickets.first_response_at is null or open_tickets.resolved_at is null
+    {%- endif %}
+
+),
+
 tickets as (
 
     select * from {{ ref('stg_helpdesk__tickets') }}
+    where ticket_id in (select changed.ticket_id from changed)
 
 ),
 
 status_intervals as (
 
     select * from {{ ref('int_ticket_status_intervals') }}
+    where ticket_id in (select changed.ticket_id from changed)
+
+),
+
+event_loads as (
+
+    select
+        ticket_id,
+        max(source_loaded_at) as loaded_at
+    from status_intervals
+    group by ticket_id
 
 ),
 
@@ -59,15 +100,36 @@ resolution_running as (
 ),
 
 -- First-response clock: runs from creation until the first response; nothing pauses it
--- (the customer is waiting on the organisation, not the other way round).
+-- (the customer is waiting on the organisation, not the other way round). It is laid out
+-- as far as it is read: to the first response (the data's "now" while there is none) and
+-- far enough to reach the target (its business days, plus one for a partial first day,
+-- spread over the policy's weeks, plus a week), never beyond the horizon.
 first_response_running as (
 
     select
-        ticket_id,
+        tickets.ticket_id,
         'first_response' as clock,
-        created_at as running_from,
-        created_at + {{ horizon }} as running_to
+        tickets.created_at as running_from,
+        least(
+            tickets.created_at + {{ horizon }},
+            greatest(
+                coalesce(tickets.first_response_at, {{ as_of_timestamp() }}),
+                tickets.created_at + interval '1 day' * (
+                    (
+                        ceil(
+                            sla_policies.first_response_target_hours
+                            / (
+                                extract(epoch from sla_policies.business_day_end - sla_policies.business_day_start)
+                                / 3600
+                            )
+                        ) + 1
+                    ) * 7.0 / (sla_policies.last_business_day - sla_policies.first_business_day + 1) + 7
+                )
+            )
+        ) as running_to
     from tickets
+    inner join sla_policies
+        on tickets.priority = sla_policies.priority
 
 ),
 
@@ -144,10 +206,13 @@ targets as (
         tickets.first_response_at,
         tickets.resolved_at,
         sla_policies.first_response_target_hours,
-        sla_policies.resolution_target_hours
+        sla_policies.resolution_target_hours,
+        greatest(tickets.loaded_at, event_loads.loaded_at) as source_loaded_at
     from tickets
     inner join sla_policies
         on tickets.priority = sla_policies.priority
+    left join event_loads
+        on tickets.ticket_id = event_loads.ticket_id
 
 ),
 
@@ -157,6 +222,7 @@ clocked as (
 
     select
         targets.ticket_id,
+        targets.source_loaded_at,
         {{ clock_due_at('first_response', 'targets.first_response_target_hours') }} as first_response_due_at,
         {{ clock_due_at('resolution', 'targets.resolution_target_hours') }} as resolution_due_at,
         sum(
@@ -184,7 +250,7 @@ clocked as (
     from targets
     left join accumulated
         on targets.ticket_id = accumulated.ticket_id
-    group by targets.ticket_id
+    group by targets.ticket_id, targets.source_loaded_at
 
 ),
 
@@ -195,7 +261,8 @@ final as (
         first_response_due_at,
         resolution_due_at,
         {{ rounded('coalesce(first_response_clock_hours, 0)', 4) }} as first_response_clock_hours,
-        {{ rounded('coalesce(resolution_clock_hours, 0)', 4) }} as resolution_clock_hours
+        {{ rounded('coalesce(resolution_clock_hours, 0)', 4) }} as resolution_clock_hours,
+        source_loaded_at
     from clocked
 
 )

@@ -1,8 +1,28 @@
+{{
+    config(
+        materialized='incremental',
+        unique_key='ticket_id',
+        incremental_strategy='delete+insert',
+        indexes=[{'columns': ['ticket_id']}],
+        post_hook=['analyze {{ this }}'],
+    )
+}}
+
+{%- set incremental = incremental_ready('source_loaded_at') is sameas true %}
+
 with
+
+-- Incremental: the tickets with an event loaded since the last build are rebuilt whole.
+changed as (
+
+    {{ tickets_to_rebuild(incremental, ref('stg_helpdesk__ticket_events'), entities=['ticket_events']) }}
+
+),
 
 events as (
 
     select * from {{ ref('stg_helpdesk__ticket_events') }}
+    where ticket_id in (select changed.ticket_id from changed)
 
 ),
 
@@ -12,7 +32,8 @@ statused_events as (
         ticket_id,
         event_id,
         occurred_at,
-        {{ event_status('to_status', 'event_type') }} as status
+        {{ event_status('to_status', 'event_type') }} as status,
+        max(loaded_at) over (partition by ticket_id) as source_loaded_at
     from events
 
 ),
@@ -24,6 +45,7 @@ intervals as (
     select
         ticket_id,
         status,
+        source_loaded_at,
         occurred_at as entered_at,
         lead(occurred_at) over (
             partition by ticket_id
@@ -45,7 +67,8 @@ final as (
         status_seq,
         status,
         entered_at,
-        left_at
+        left_at,
+        source_loaded_at
     from intervals
 
 )

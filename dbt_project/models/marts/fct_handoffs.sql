@@ -37,6 +37,19 @@ event_loads as (
 ),
 
 -- A handoff returns the ticket to a team that had already handed it off: ping-pong.
+returns_to_team as (
+
+    select distinct later.event_id
+    from events as later
+    inner join events as earlier
+        on
+            later.ticket_id = earlier.ticket_id
+            and later.to_team = earlier.from_team
+            and later.occurred_at > earlier.occurred_at
+    where earlier.event_type = 'handoff'
+
+),
+
 sequenced as (
 
     select
@@ -45,16 +58,10 @@ sequenced as (
             partition by events.ticket_id
             order by events.occurred_at asc, events.event_id asc
         ) as handoff_seq,
-        exists(
-            select 1
-            from events as earlier
-            where
-                earlier.ticket_id = events.ticket_id
-                and earlier.event_type = 'handoff'
-                and earlier.from_team = events.to_team
-                and earlier.occurred_at < events.occurred_at
-        ) as returns_to_team
+        returns_to_team.event_id is not null as returns_to_team
     from events
+    left join returns_to_team
+        on events.event_id = returns_to_team.event_id
 
 ),
 

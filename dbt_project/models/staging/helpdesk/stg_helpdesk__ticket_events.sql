@@ -1,3 +1,13 @@
+{{
+    config(
+        materialized='incremental',
+        unique_key='event_id',
+        incremental_strategy='delete+insert',
+        indexes=[{'columns': ['event_id']}, {'columns': ['loaded_at']}, {'columns': ['ticket_id']}],
+        post_hook=['analyze {{ this }}'],
+    )
+}}
+
 with
 
 source as (
@@ -33,3 +43,4 @@ final as (
 )
 
 select * from final
+{{ only_changed_content('final', 'event_id') }}

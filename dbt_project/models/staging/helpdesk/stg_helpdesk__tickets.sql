@@ -1,3 +1,13 @@
+{{
+    config(
+        materialized='incremental',
+        unique_key='ticket_id',
+        incremental_strategy='delete+insert',
+        indexes=[{'columns': ['ticket_id']}, {'columns': ['loaded_at']}],
+        post_hook=['analyze {{ this }}'],
+    )
+}}
+
 with
 
 source as (
@@ -47,3 +57,4 @@ final as (
 )
 
 select * from final
+{{ only_changed_content('final', 'ticket_id') }}

@@ -1,3 +1,13 @@
+{{
+    config(
+        materialized='incremental',
+        unique_key='survey_id',
+        incremental_strategy='delete+insert',
+        indexes=[{'columns': ['survey_id']}, {'columns': ['loaded_at']}, {'columns': ['ticket_id']}],
+        post_hook=['analyze {{ this }}'],
+    )
+}}
+
 with
 
 source as (
@@ -30,3 +40,4 @@ final as (
 )
 
 select * from final
+{{ only_changed_content('final', 'survey_id') }}
