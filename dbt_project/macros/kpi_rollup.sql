@@ -145,8 +145,9 @@ open_days as (
         cast(coalesce(tickets.resolved_date - 1, data_end.last_day) as timestamp),
         interval '1 day'
     ) as backlog_days (backlog_day)
-    where tickets.status != 'cancelled'
-
+    where
+        tickets.status != 'cancelled'
+        and {{ kpi_open_in_affected_periods('coalesce(tickets.resolved_date, data_end.last_day + 1)') }}
 ),
 
 period_ends as (
@@ -268,6 +269,17 @@ select * from final
 {% macro kpi_in_affected_periods(grain, date_expression) -%}
     {%- if incremental_ready('built_through') is sameas true -%}
         {{ period_start(grain, date_expression) }} in (select affected_periods.period_start from affected_periods)
+    {%- else -%}
+        true
+    {%- endif -%}
+{%- endmacro %}
+
+
+{#- Whether a ticket resolved on end_date (open: a later day) can be in the backlog of an
+    affected period: not if it was resolved before the first one. -#}
+{% macro kpi_open_in_affected_periods(end_date) -%}
+    {%- if incremental_ready('built_through') is sameas true -%}
+        {{ end_date }} > (select min(affected_periods.period_start) from affected_periods)
     {%- else -%}
         true
     {%- endif -%}

@@ -7,15 +7,18 @@
     In an incremental staging table (incremental_ready('loaded_at')), only the keys with a
     version loaded into raw after the newest load the table holds are ranked again, over
     all their versions; the model's delete+insert on the key replaces those rows. A full
-    build ranks every key.
+    build ranks every key. Pass the raw table as loaded when relation is a CTE: the keys
+    are then looked up in the table (by its index on _loaded_at), not in the CTE, which
+    PostgreSQL would materialise whole for being read twice.
 -#}
 
-{#- In an incremental staging table: only the keys loaded since its newest load. -#}
-{% macro loaded_since_staged(relation, key) -%}
+{#- In an incremental staging table: only the keys loaded (into the raw table loaded) since
+    its newest load. -#}
+{% macro loaded_since_staged(loaded, key) -%}
     {%- if incremental_ready('loaded_at') is sameas true -%}
         where {{ key }} in (
             select newer.{{ key }}
-            from {{ relation }} as newer
+            from {{ loaded }} as newer
             where newer._loaded_at > (
                 select coalesce(max(staged.loaded_at), cast('-infinity' as timestamptz))
                 from {{ this }} as staged
@@ -24,7 +27,7 @@
     {%- endif -%}
 {%- endmacro %}
 
-{% macro latest_version(relation, key, order_by="_loaded_at desc") -%}
+{% macro latest_version(relation, key, order_by="_loaded_at desc", loaded=none) -%}
     select *
     from (
         select
@@ -33,7 +36,7 @@
                 partition by {{ key }}
                 order by {{ order_by }}
             ) as version_rank
-        from {{ relation }} {{ loaded_since_staged(relation, key) }}
+        from {{ relation }} {{ loaded_since_staged(loaded or relation, key) }}
     ) as versions
     where version_rank = 1
 {%- endmacro %}

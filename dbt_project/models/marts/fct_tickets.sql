@@ -4,6 +4,7 @@
         unique_key='ticket_id',
         incremental_strategy='delete+insert',
         on_schema_change='append_new_columns',
+        indexes=[{'columns': ['ticket_id']}, {'columns': ['content_changed_through']}],
     )
 }}
 

@@ -20,7 +20,7 @@ source as (
 -- extractions keeps its latest load.
 latest as (
 
-    {{ latest_version('source', 'event_id') }}
+    {{ latest_version('source', 'event_id', loaded=source('helpdesk', 'helpdesk__ticket_events')) }}
 
 ),
 

@@ -20,7 +20,9 @@ source as (
 -- its latest version is the one with the latest updated_at, then the latest load.
 latest as (
 
-    {{ latest_version('source', 'ticket_id', 'updated_at desc, _loaded_at desc') }}
+    {{ latest_version(
+        'source', 'ticket_id', 'updated_at desc, _loaded_at desc', loaded=source('helpdesk', 'helpdesk__tickets')
+    ) }}
 
 ),
 

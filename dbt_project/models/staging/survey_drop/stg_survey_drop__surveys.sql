@@ -19,7 +19,7 @@ source as (
 -- The same drop can be delivered twice; keep each survey's latest load.
 latest as (
 
-    {{ latest_version('source', 'survey_id') }}
+    {{ latest_version('source', 'survey_id', loaded=source('survey_drop', 'survey_drop__surveys')) }}
 
 ),
 
