@@ -14,6 +14,7 @@ ENV SERVICELOOP_HOME=/opt/airflow/serviceloop \
     SERVICELOOP_DAGS_DIR=/opt/airflow/dags \
     SERVICELOOP_DBT_PROJECT_DIR=/opt/airflow/dbt_project \
     SERVICELOOP_EXPECTATIONS_DIR=/opt/airflow/expectations \
+    SERVICELOOP_SOURCES_FILE=/opt/airflow/sources.yml \
     SERVICELOOP_DBT_TARGET_DIR=/opt/airflow/dbt_target \
     AIRFLOW__CORE__DAGS_FOLDER=/opt/airflow/dags \
     AIRFLOW__CORE__LOAD_EXAMPLES=False \
@@ -31,6 +32,7 @@ RUN pip install --no-cache-dir "apache-airflow==${AIRFLOW_VERSION}" /opt/service
 COPY --chown=airflow:root dags/ /opt/airflow/dags/
 COPY --chown=airflow:root dbt_project/ /opt/airflow/dbt_project/
 COPY --chown=airflow:root expectations/ /opt/airflow/expectations/
+COPY --chown=airflow:root sources.yml /opt/airflow/sources.yml
 
 # The transform DAG is laid out from the dbt manifest. Built here, outside the state volume,
 # it always matches the models in the image and every component (DAG processor, workers)

@@ -1,8 +1,10 @@
 """
 ### serviceloop_ingest
 
-Pulls service records from the source systems into the warehouse's `raw` schema, one task
-per source and entity (`<source>__<entity>`).
+Pulls service records from the source systems declared in `sources.yml` into the warehouse's
+`raw` schema: a task group per source, a task per source and entity (`<source>__<entity>`).
+A source with a schedule other than the default one is ingested by a DAG of its own,
+`serviceloop_ingest__<source>`.
 
 Each task extracts the records whose watermark falls in its window (from where the last
 batch ended, minus an overlap for late updates, to the end of the data interval), validates
@@ -17,40 +19,51 @@ from __future__ import annotations
 
 import datetime as dt
 
-from airflow.sdk import CronDataIntervalTimetable, dag, task
+from airflow.sdk import CronDataIntervalTimetable, TaskGroup, dag, task
 
 from serviceloop.assets import raw_asset
 from serviceloop.failure_alerts import DataEngineersNotifier
-from serviceloop.sources import SOURCES, raw_table
+from serviceloop.sources import DEFAULT_SCHEDULE, SOURCES, raw_table
 
 
-@dag(
-    schedule=CronDataIntervalTimetable("0 0 * * *", timezone="UTC"),
-    start_date=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
-    catchup=False,
-    max_active_runs=1,
-    tags=["serviceloop", "ingest"],
-    default_args={
-        "owner": "serviceloop",
-        "retries": 2,
-        "retry_delay": dt.timedelta(minutes=1),
-        # The task, the error and the log link go to the data engineers once the last try fails.
-        "on_failure_callback": DataEngineersNotifier(),
-    },
-    doc_md=__doc__,
-)
-def serviceloop_ingest():
-    for source in SOURCES.values():
-        for entity in source.entities:
-            table = raw_table(source.name, entity.name)
+def ingest_dag(dag_id: str, schedule: str, sources: list) -> None:
+    """One DAG: a task group per source, a task per entity (``<source>__<entity>``)."""
 
-            @task(task_id=table, outlets=[raw_asset(source.name, entity.name)])
-            def load(source_name: str, entity_name: str, data_interval_start=None, data_interval_end=None) -> dict:
-                from serviceloop.tasks import ingest_entity
+    @dag(
+        dag_id=dag_id,
+        schedule=CronDataIntervalTimetable(schedule, timezone="UTC"),
+        start_date=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
+        catchup=False,
+        max_active_runs=1,
+        tags=["serviceloop", "ingest"],
+        default_args={
+            "owner": "serviceloop",
+            "retries": 2,
+            "retry_delay": dt.timedelta(minutes=1),
+            # The task, the error and the log link go to the data engineers once the last try fails.
+            "on_failure_callback": DataEngineersNotifier(),
+        },
+        doc_md=__doc__ if dag_id == "serviceloop_ingest" else f"### {dag_id}\n\n{__doc__}",
+    )
+    def ingest():
+        for source in sources:
+            # Task ids stay `<source>__<entity>`: the group only draws the source in the UI.
+            with TaskGroup(group_id=source.name, prefix_group_id=False, tooltip=f"{source.kind} source"):
+                for entity in source.entities:
 
-                return ingest_entity(source_name, entity_name, data_interval_start, data_interval_end)
+                    @task(task_id=raw_table(source.name, entity.name), outlets=[raw_asset(source.name, entity.name)])
+                    def load(source_name: str, entity_name: str, data_interval_start=None, data_interval_end=None):
+                        from serviceloop.tasks import ingest_entity
 
-            load(source.name, entity.name)
+                        return ingest_entity(source_name, entity_name, data_interval_start, data_interval_end)
+
+                    load(source.name, entity.name)
+
+    ingest()
 
 
-serviceloop_ingest()
+# Sources on the default schedule share serviceloop_ingest; any other gets a DAG of its own.
+ingest_dag("serviceloop_ingest", DEFAULT_SCHEDULE, [s for s in SOURCES.values() if s.schedule == DEFAULT_SCHEDULE])
+for _source in SOURCES.values():
+    if _source.schedule != DEFAULT_SCHEDULE:
+        ingest_dag(f"serviceloop_ingest__{_source.name}", _source.schedule, [_source])

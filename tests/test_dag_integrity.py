@@ -12,7 +12,7 @@ import pytest
 from serviceloop.settings import REPO_ROOT
 
 DAG_FILES = sorted((REPO_ROOT / "dags").glob("*.py"))
-EXPECTED = {"serviceloop_ingest", "serviceloop_transform", "serviceloop_drift"}
+EXPECTED = {"serviceloop_ingest", "serviceloop_transform", "serviceloop_drift", "serviceloop_report"}
 
 
 @pytest.fixture(scope="session")

@@ -95,7 +95,10 @@ def test_every_row_read_is_loaded_or_quarantined_with_its_reasons(db):
 def test_rerunning_an_interval_replaces_its_batch(db):
     first = _ingest(db, DAY1, DAY2)
     again = _ingest(db, DAY1, DAY2)
-    assert first.as_dict() == again.as_dict()
+    volatile = ("data_docs", "validation_seconds")  # each run renders its own page, in its own time
+    assert {k: v for k, v in first.as_dict().items() if k not in volatile} == {
+        k: v for k, v in again.as_dict().items() if k not in volatile
+    }
     assert _count(db, "select count(*) from raw.helpdesk__tickets") == 2
     assert _count(db, "select count(*) from quarantine.helpdesk__tickets") == 2
     assert _count(db, "select count(*) from ops.batches") == 1
@@ -130,7 +133,9 @@ def test_a_missing_required_column_fails_the_batch_and_loads_nothing(fresh_db):
 SURVEY_HEADER = "survey_id,ticket_id,submitted_at,csat,nps,complaint,comment\n"
 
 
-def test_survey_drop_files_with_bom_and_bad_values(fresh_db, tmp_path):
+def test_survey_drop_files_with_bom_and_bad_values(db, tmp_path):
+    fresh_db = db
+    _ingest(db, DAY1, DAY2)  # the surveys' tickets are known
     folder = tmp_path / "surveys"
     folder.mkdir()
     (folder / "surveys_20260601.csv").write_text(

@@ -9,16 +9,30 @@ The extraction window is the watermark: it starts where the previous batch of th
 entity ended, minus the source's overlap (late updates committed after that batch read
 the source), and ends at the interval's end. A rerun reuses the window it had the first
 time. The first batch of an entity reads the source's whole history.
+
+Validation runs where the data is. The extracted chunks are ``COPY``'d as text into an
+unlogged table ``landing.<table>__<hash>`` (committed on a connection of its own, so that
+Great Expectations, which opens its own, sees it); GX validates that table in PostgreSQL
+(``serviceloop.validation``) and says which rules failed; the rows that break them are
+found by SQL into a temporary table, and ``insert ... select`` moves the passing rows into
+``raw`` and the others into ``quarantine`` in the batch's transaction. No batch is ever
+held in pandas: a chunk at a time passes through on its way to ``landing``.
+
+A row that breaks only a ``hold`` rule (an event or survey whose ticket has not arrived) is
+quarantined as *held*; every later batch of its entity, and every ticket batch, checks the
+held rows again and loads those whose ticket is now known, into their own batch (whose
+counts move from quarantined to loaded), so read = loaded + quarantined stays true.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime as dt
+import hashlib
 import io
-import json
 import logging
-from collections import Counter
+import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,12 +40,29 @@ from pathlib import Path
 import pandas as pd
 
 from serviceloop import schema
-from serviceloop.contract import ENTITIES, TIMESTAMP
-from serviceloop.extract import read_drop, read_sql
-from serviceloop.sources import SOURCES, FileDropSource, raw_table
-from serviceloop.validation import Validator
+from serviceloop.contract import ENTITIES, Entity
+from serviceloop.extract import ContractError
+from serviceloop.sources import SOURCES, raw_table
+from serviceloop.validation import (
+    ORIGIN,
+    PARSE_ERROR,
+    PARSE_ERROR_RULE,
+    ROW_NUMBER,
+    UNEXPECTED_ROWS,
+    Verdict,
+    load,
+    render_query,
+    sqlalchemy_url,
+    validator,
+)
 
 log = logging.getLogger(__name__)
+
+EXTRA_COLUMNS = (ORIGIN, PARSE_ERROR)
+
+
+class BatchHealthError(ContractError):
+    """The batch as a whole looks wrong (row count, freshness): nothing of it is loaded."""
 
 
 @dataclass
@@ -46,6 +77,10 @@ class BatchResult:
     rows_quarantined: int = 0
     quarantine_reasons: dict[str, int] = field(default_factory=dict)
     warnings: dict[str, int] = field(default_factory=dict)
+    rows_held: int = 0
+    rows_released: int = 0
+    data_docs: str | None = None
+    validation_seconds: float = 0.0
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -53,6 +88,12 @@ class BatchResult:
 
 def batch_id(source: str, entity: str, interval_end: dt.datetime) -> str:
     return f"{source}__{entity}__{interval_end.astimezone(dt.UTC):%Y%m%dT%H%M%S}"
+
+
+def landing_table(table: str, key: str) -> str:
+    """The landing table of a batch (or a replay) of ``table``: a stable name, so a rerun
+    finds and drops what a failed run left."""
+    return f"{table[:40]}__{hashlib.sha1(key.encode()).hexdigest()[:12]}"
 
 
 def _window_start(cur, bid: str, source, entity: str, interval_end: dt.datetime) -> dt.datetime | None:
@@ -68,23 +109,318 @@ def _window_start(cur, bid: str, source, entity: str, interval_end: dt.datetime)
     return None if previous_end is None else previous_end - source.overlap
 
 
-def _copy(cur, table: str, columns: list[str], frame: pd.DataFrame) -> None:
-    buf = io.StringIO()
-    # Unquoted empty fields are NULL in COPY's csv format; None renders as one.
-    frame.to_csv(buf, index=False, header=False, quoting=csv.QUOTE_MINIMAL)
-    buf.seek(0)
-    cur.copy_expert(f"copy {table} ({', '.join(columns)}) from stdin with (format csv)", buf)
+def _chunks(conn, source, entity_name: str, bid: str, window_start, window_end, source_dsn, drop_root):
+    """The source's reader for the window; a file drop records what it read in ``conn``'s transaction."""
+    return source.read(
+        entity_name, window_start, window_end,
+        connection=source_dsn, drop_root=drop_root, warehouse=conn, batch_id=bid,
+    )  # fmt: skip
 
 
-def _chunks(source, entity_name: str, window_start, window_end, source_dsn: str | None, drop_root: Path | None):
+# --- landing --------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def side_connection(conn):
+    """A second connection to ``conn``'s database, for what must be committed on its own."""
+    import psycopg2
+
+    side = psycopg2.connect(**conn.get_dsn_parameters(), password=conn.info.password)
+    try:
+        yield side
+    finally:
+        side.close()
+
+
+def landing_columns(entity: Entity) -> list[str]:
+    return [*entity.columns, *EXTRA_COLUMNS]
+
+
+def create_landing(side, table: str, entity: Entity, extra: str = "") -> None:
+    cols = ", ".join(f"{c} text" for c in landing_columns(entity))
+    with side.cursor() as cur:
+        cur.execute(f"drop table if exists landing.{table}")
+        cur.execute(f"create unlogged table landing.{table} ({ROW_NUMBER} bigint not null, {cols}{extra})")
+    side.commit()
+
+
+def stage(side, table: str, entity: Entity, chunks: Iterator[pd.DataFrame]) -> int:
+    """``COPY`` the chunks into ``landing.<table>``, numbering the rows; returns how many."""
+    columns = [ROW_NUMBER, *landing_columns(entity)]
+    read = 0
+    with side.cursor() as cur:
+        for chunk in chunks:
+            if not len(chunk):
+                continue
+            frame = chunk.reindex(columns=landing_columns(entity))
+            frame.insert(0, ROW_NUMBER, range(read, read + len(frame)))
+            buf = io.StringIO()
+            # Unquoted empty fields are NULL in COPY's csv format; None renders as one.
+            frame.to_csv(buf, index=False, header=False, quoting=csv.QUOTE_MINIMAL)
+            buf.seek(0)
+            cur.copy_expert(f"copy landing.{table} ({', '.join(columns)}) from stdin with (format csv)", buf)
+            read += len(frame)
+    side.commit()
+    return read
+
+
+def drop_landing(conn, table: str) -> None:
+    with conn.cursor() as cur:
+        cur.execute(f"drop table if exists landing.{table}")
+
+
+# --- from verdict to rows -------------------------------------------------------------------
+
+
+def collect_failures(cur, verdict: Verdict) -> dict[str, int]:
+    """The failing rows of every failed rule into ``pg_temp.failed``; returns the warning counts.
+
+    A record the reader could not parse is judged by that alone: the other rules' verdicts on
+    its fields say nothing more.
+    """
+    cur.execute(
+        "create temporary table if not exists failed (row_number bigint, rule text, severity text) on commit drop"
+    )
+    cur.execute("truncate failed")
+    for f in verdict.failed:
+        # The query is GX's or the suite's SQL text: a literal % in it is not a placeholder.
+        query = f.query.replace("%", "%%")
+        cur.execute(
+            f"insert into failed select distinct broken.{ROW_NUMBER}, %s, %s from ({query}) as broken",
+            (f.rule, f.severity),
+        )
+    cur.execute(
+        "delete from failed where rule <> %s and row_number in (select row_number from failed where rule = %s)",
+        (PARSE_ERROR_RULE, PARSE_ERROR_RULE),
+    )
+    cur.execute("select rule, count(*) from failed where severity = 'warning' group by rule order by rule")
+    return dict(cur.fetchall())
+
+
+def literal(value: str) -> str:
+    """A SQL string literal, quoted by the driver."""
+    from psycopg2.extensions import adapt
+
+    return adapt(value).getquoted().decode()
+
+
+def _casts(entity: Entity, alias: str) -> str:
+    return ", ".join(f"{alias}.{f.name}::{f.type}" for f in entity.fields)
+
+
+def _record_sql(alias: str) -> str:
+    # The record as read: contract columns (nulls kept), origin and parse error when present.
+    return (
+        f"jsonb_strip_nulls(jsonb_build_object('{ORIGIN}', {alias}.{ORIGIN}, '{PARSE_ERROR}', {alias}.{PARSE_ERROR}))"
+        f" || (to_jsonb({alias}) - '{ROW_NUMBER}' - '{ORIGIN}' - '{PARSE_ERROR}' - '_batch_id' - '_quarantined_row')"
+    )
+
+
+def load_rows(cur, entity: Entity, table: str, landing: str, batch_expr: str) -> int:
+    """Insert the landing rows no error or hold rule rejected into ``raw``; returns how many."""
+    cur.execute(
+        f"""
+        insert into raw.{table} ({", ".join(entity.columns)}, _batch_id, _loaded_at)
+        select {_casts(entity, "staged")}, {batch_expr}, now()
+        from landing.{landing} as staged
+        where not exists (
+            select from failed
+            where failed.row_number = staged.{ROW_NUMBER} and failed.severity in ('error', 'hold')
+        )
+        """
+    )
+    return cur.rowcount
+
+
+def quarantine_rows(cur, table: str, landing: str, batch_expr: str, row_expr: str) -> None:
+    """Insert the rejected landing rows into ``quarantine``: held if only ``hold`` rules failed.
+
+    A row that breaks an error rule is kept for that; whether its ticket is known is asked
+    again when it is replayed.
+    """
+    cur.execute(
+        f"""
+        insert into quarantine.{table} (batch_id, row_number, record, failed_rules, status, origin)
+        select {batch_expr}, {row_expr}, {_record_sql("staged")}, rejected.rules,
+            case when rejected.errors > 0 then 'quarantined' else 'held' end, staged.{ORIGIN}
+        from landing.{landing} as staged
+        inner join (
+            select row_number,
+                coalesce(
+                    array_agg(rule order by rule) filter (where severity = 'error'), array_agg(rule order by rule)
+                ) as rules,
+                count(*) filter (where severity = 'error') as errors
+            from failed
+            where severity in ('error', 'hold')
+            group by row_number
+        ) as rejected on rejected.row_number = staged.{ROW_NUMBER}
+        """
+    )
+
+
+def _reasons(cur, table: str, bid: str) -> tuple[dict[str, int], int, int]:
+    cur.execute(
+        f"""
+        select rule, count(*) from quarantine.{table}, unnest(failed_rules) as rule
+        where batch_id = %s group by rule order by rule
+        """,
+        (bid,),
+    )
+    reasons = dict(cur.fetchall())
+    cur.execute(
+        f"select count(*), count(*) filter (where status = 'held') from quarantine.{table} where batch_id = %s",
+        (bid,),
+    )
+    quarantined, held = cur.fetchone()
+    return reasons, quarantined, held
+
+
+# --- batch health ---------------------------------------------------------------------------
+
+
+def check_batch_health(cur, source: str, entity_name: str, bid: str, interval_end: dt.datetime, rows: int, landing):
+    """Stop the batch if its row count or its newest record is out of line; the message says how."""
+    checks = load(entity_name).batch
+    where = f"{source} {entity_name} batch {bid}"
+    cur.execute(
+        """
+        select count(*), percentile_cont(0.5) within group (order by rows_read)
+        from (
+            select rows_read from ops.batches
+            where source = %s and entity = %s and batch_id <> %s and interval_end < %s
+            order by interval_end desc limit %s
+        ) as previous
+        """,
+        (source, entity_name, bid, interval_end, checks.trailing_batches),
+    )
+    history, median = cur.fetchone()
+    if history >= checks.min_batches and median is not None and median >= checks.min_median:
+        if rows < median * checks.collapse_below:
+            raise BatchHealthError(
+                f"{where}: row count collapsed: {rows} rows read, the median of the previous {history} batches"
+                f" is {median:g} (below {checks.collapse_below:g} x stops the batch)"
+            )
+        if rows > median * checks.explode_above:
+            raise BatchHealthError(
+                f"{where}: row count exploded: {rows} rows read, the median of the previous {history} batches"
+                f" is {median:g} (above {checks.explode_above:g} x stops the batch)"
+            )
+    if checks.freshness_column and rows:
+        col = checks.freshness_column
+        cur.execute(
+            f"""
+            select max(ops.to_timestamptz({col})), %s::timestamptz - %s::interval
+            from landing.{landing}
+            """,
+            (interval_end, checks.max_age),
+        )
+        newest, cutoff = cur.fetchone()
+        if newest is not None and newest < cutoff:
+            raise BatchHealthError(
+                f"{where}: stale: the newest record's {col} is {newest.isoformat()}, more than {checks.max_age}"
+                f" before the interval's end {interval_end.isoformat()}"
+            )
+
+
+# --- held rows ------------------------------------------------------------------------------
+
+
+def held_lock(table: str) -> str:
+    """The advisory lock of a table's held rows (its batches, releases and replays take it)."""
+    return f"serviceloop.held.{table}"
+
+
+def hold_rules(entity_name: str):
+    suite = load(entity_name)
+    return suite, [r for r in suite.rules if r.severity == "hold" and r.type == UNEXPECTED_ROWS]
+
+
+def release_held(cur, source_name: str, entity_name: str) -> int:
+    """Load the held rows of a table whose hold rules now pass; returns how many were loaded.
+
+    The held records are checked on this connection, not through GX: a ticket batch calls
+    this before it commits, and only its own transaction sees the tickets it has just loaded.
+    """
+    suite, rules = hold_rules(entity_name)
+    if not rules:
+        return 0
     entity = ENTITIES[entity_name]
-    if isinstance(source, FileDropSource):
-        if drop_root is None:
-            raise ValueError(f"source {source.name} is a file drop: give its folder")
-        return read_drop(drop_root / source.folder, source.prefix, entity, window_start, window_end)
-    if source_dsn is None:
-        raise ValueError(f"source {source.name} is a database: give its connection")
-    return read_sql(source_dsn, source.tables[entity_name], entity, window_start, window_end)
+    table = raw_table(source_name, entity_name)
+    # Held rows are checked by one writer at a time, in the order their batches commit.
+    cur.execute("select pg_advisory_xact_lock(hashtext(%s))", (held_lock(table),))
+    cur.execute(f"select count(*) from quarantine.{table} where status = 'held'")
+    if cur.fetchone()[0] == 0:
+        return 0
+    cols = ", ".join(f"{c} text" for c in landing_columns(entity))
+    cur.execute("drop table if exists pg_temp.held")
+    cur.execute(
+        f"""
+        create temporary table held on commit drop as
+        select q.batch_id as _batch_id, q.row_number as {ROW_NUMBER}, r.*
+        from quarantine.{table} as q
+        cross join lateral jsonb_to_record(q.record) as r ({cols})
+        where q.status = 'held'
+        """
+    )
+    still = " union ".join(
+        f"select {ROW_NUMBER}, _batch_id from ({render_query(r, suite, 'held')}) as x" for r in rules
+    )
+    cur.execute(
+        f"""
+        create temporary table released on commit drop as
+        select _batch_id, {ROW_NUMBER} from held
+        except
+        select _batch_id, {ROW_NUMBER} from ({still}) as still_held
+        """
+    )
+    cur.execute(
+        f"""
+        insert into raw.{table} ({", ".join(entity.columns)}, _batch_id, _loaded_at)
+        select {_casts(entity, "h")}, h._batch_id, now()
+        from held as h
+        inner join released as r on r._batch_id = h._batch_id and r.{ROW_NUMBER} = h.{ROW_NUMBER}
+        """
+    )
+    n = cur.rowcount
+    cur.execute(
+        f"""
+        delete from quarantine.{table} as q using released as r
+        where q.batch_id = r._batch_id and q.row_number = r.{ROW_NUMBER}
+        """
+    )
+    move_counts(cur, "released")
+    cur.execute("drop table released")
+    cur.execute("drop table held")
+    if n:
+        log.info("%s: %d held row(s) loaded, their ticket has arrived", table, n)
+    return n
+
+
+def move_counts(cur, moved: str) -> None:
+    """Rows of ``moved`` (``_batch_id``) went from quarantine to raw: their batches' counts follow."""
+    cur.execute(
+        f"""
+        update ops.batches as b
+        set rows_loaded = b.rows_loaded + m.n, rows_quarantined = b.rows_quarantined - m.n
+        from (select _batch_id, count(*) as n from {moved} group by _batch_id) as m
+        where b.batch_id = m._batch_id
+        """
+    )
+
+
+def release_children(cur, source_name: str, entity_name: str) -> int:
+    """After tickets were loaded: release what every other table held for want of them."""
+    if entity_name != "tickets":
+        return 0
+    released = 0
+    for source in SOURCES.values():
+        for entity in source.entities:
+            if entity.name != "tickets":
+                released += release_held(cur, source.name, entity.name)
+    return released
+
+
+# --- the batch ------------------------------------------------------------------------------
 
 
 def ingest_batch(
@@ -97,74 +433,90 @@ def ingest_batch(
     source_dsn: str | None = None,
     drop_root: Path | None = None,
 ) -> BatchResult:
-    """Extract, validate and load one batch inside the caller's transaction on ``conn``."""
+    """Extract, validate and load one batch inside the caller's transaction on ``conn``.
+
+    The landing table is created and filled on a second connection (committed, so GX sees
+    it) and dropped in ``conn``'s transaction; if that rolls back, the next run of the batch
+    drops it.
+    """
     source = SOURCES[source_name]
     entity = ENTITIES[entity_name]
     table = raw_table(source_name, entity_name)
     bid = batch_id(source_name, entity_name, interval_end)
-    loaded_at = dt.datetime.now(dt.UTC).isoformat()
-    validator = Validator(entity_name)
-    schema.ensure(conn)
-    with conn.cursor() as cur:
-        # Two runs of the same batch (a retry racing a manual rerun) must not interleave.
-        cur.execute("select pg_advisory_xact_lock(hashtext(%s))", (bid,))
-        window_start = _window_start(cur, bid, source, entity_name, interval_end)
+    landing = landing_table(table, bid)
+    with side_connection(conn) as side:
+        # The schema is committed on its own: GX's connection reads the tables it creates.
+        schema.ensure(side)
+        side.commit()
+        with conn.cursor() as cur:
+            # Two runs of the same batch (a retry racing a manual rerun) must not interleave.
+            cur.execute("select pg_advisory_xact_lock(hashtext(%s))", (bid,))
+            if hold_rules(entity_name)[1]:
+                # Held rows are checked by one writer at a time: taken before this batch writes
+                # anything, so a ticket batch releasing them never waits on a row this one holds.
+                cur.execute("select pg_advisory_xact_lock(hashtext(%s))", (held_lock(table),))
+            window_start = _window_start(cur, bid, source, entity_name, interval_end)
         result = BatchResult(
             bid, source_name, entity_name, window_start.isoformat() if window_start else None, interval_end.isoformat()
         )
+        create_landing(side, landing, entity)
+        try:
+            chunks = _chunks(conn, source, entity_name, bid, window_start, interval_end, source_dsn, drop_root)
+            result.rows_read = stage(side, landing, entity, chunks)
+            with side.cursor() as cur:
+                check_batch_health(cur, source_name, entity_name, bid, interval_end, result.rows_read, landing)
+            side.commit()
+            verdict = Verdict()
+            if result.rows_read:
+                verdict = validator(entity_name, sqlalchemy_url(conn)).validate(landing, bid)
+        except BaseException:
+            side.rollback()
+            drop_landing(side, landing)
+            side.commit()
+            raise
+    result.data_docs = str(verdict.data_docs) if verdict.data_docs else None
+    with conn.cursor() as cur:
+        started = time.perf_counter()
+        result.warnings = collect_failures(cur, verdict)
+        # Validation is GX's verdict and finding the rows it rejected.
+        result.validation_seconds = verdict.seconds + time.perf_counter() - started
         cur.execute(f"delete from raw.{table} where _batch_id = %s", (bid,))
         cur.execute(f"delete from quarantine.{table} where batch_id = %s", (bid,))
-        reasons: Counter[str] = Counter()
-        warnings: Counter[str] = Counter()
-        max_watermark = None
-        chunks: Iterator[pd.DataFrame] = _chunks(source, entity_name, window_start, interval_end, source_dsn, drop_root)
-        for chunk in chunks:
-            offset = result.rows_read
-            result.rows_read += len(chunk)
-            outcome = validator.validate(chunk)
-            warnings.update(outcome.warnings)
-            if len(outcome.valid):
-                valid = outcome.valid.assign(_batch_id=bid, _loaded_at=loaded_at)
-                _copy(cur, f"raw.{table}", [*entity.columns, "_batch_id", "_loaded_at"], valid)
-                if entity.field(entity.watermark).type == TIMESTAMP:
-                    chunk_max = pd.to_datetime(outcome.valid[entity.watermark], utc=True).max()
-                    max_watermark = chunk_max if max_watermark is None else max(max_watermark, chunk_max)
-            if len(outcome.rejected):
-                rejected = pd.DataFrame(
-                    {
-                        "batch_id": bid,
-                        "row_number": outcome.rejected.index + offset,
-                        "record": [json.dumps(r, ensure_ascii=False) for r in outcome.rejected.to_dict("records")],
-                        "failed_rules": ["{" + ",".join(outcome.failed_rules[i]) + "}" for i in outcome.rejected.index],
-                    }
-                )
-                _copy(cur, f"quarantine.{table}", list(rejected.columns), rejected)
-                for i in outcome.rejected.index:
-                    reasons.update(outcome.failed_rules[i])
-            result.rows_loaded += len(outcome.valid)
-            result.rows_quarantined += len(outcome.rejected)
+        result.rows_loaded = load_rows(cur, entity, table, landing, literal(bid))
+        quarantine_rows(cur, table, landing, literal(bid), f"staged.{ROW_NUMBER}")
+        result.quarantine_reasons, result.rows_quarantined, result.rows_held = _reasons(cur, table, bid)
         if result.rows_read != result.rows_loaded + result.rows_quarantined:
             raise AssertionError(f"{bid}: read {result.rows_read} != loaded + quarantined")
-        result.quarantine_reasons = dict(reasons)
-        result.warnings = dict(warnings)
+        cur.execute(f"select max({entity.watermark}) from raw.{table} where _batch_id = %s", (bid,))
+        (max_watermark,) = cur.fetchone()
+        if not isinstance(max_watermark, dt.datetime):
+            max_watermark = None
         cur.execute(
             """
             insert into ops.batches (batch_id, source, entity, interval_start, interval_end, window_start,
-                window_end, rows_read, rows_loaded, rows_quarantined, max_watermark, loaded_at)
-            values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, now())
+                window_end, rows_read, rows_loaded, rows_quarantined, max_watermark, loaded_at, data_docs)
+            values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, now(), %s)
             on conflict (batch_id) do update set
                 rows_read = excluded.rows_read, rows_loaded = excluded.rows_loaded,
                 rows_quarantined = excluded.rows_quarantined, max_watermark = excluded.max_watermark,
-                loaded_at = excluded.loaded_at
+                loaded_at = excluded.loaded_at, data_docs = excluded.data_docs
             """,
             (
                 bid, source_name, entity_name, interval_start, interval_end, window_start, interval_end,
-                result.rows_read, result.rows_loaded, result.rows_quarantined,
-                None if max_watermark is None else max_watermark.to_pydatetime(),
+                result.rows_read, result.rows_loaded, result.rows_quarantined, max_watermark, result.data_docs,
             ),
         )  # fmt: skip
+        drop_landing(conn, landing)
+        # Held rows (of earlier batches, or this one's if their ticket arrived meanwhile) and
+        # other tables' rows held for the tickets this batch loaded get their chance here.
+        result.rows_released = release_held(cur, source_name, entity_name) + release_children(
+            cur, source_name, entity_name
+        )
     log.info(
-        "%s: read %d, loaded %d, quarantined %d %s",
-        bid, result.rows_read, result.rows_loaded, result.rows_quarantined, dict(reasons) or "",
+        "%s: read %d, loaded %d, quarantined %d (held %d) %s; released %d held row(s)",
+        bid, result.rows_read, result.rows_loaded, result.rows_quarantined, result.rows_held,
+        result.quarantine_reasons or "", result.rows_released,
     )  # fmt: skip
+    if result.data_docs:
+        log.info("%s: Great Expectations Data Docs: %s", bid, result.data_docs)
     return result

@@ -8,6 +8,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 from serviceloop.contract import Entity
 from serviceloop.sources import SOURCES, raw_table
 
@@ -28,6 +30,24 @@ create table if not exists ops.batches (
     loaded_at timestamptz not null default now()
 );
 create index if not exists batches_source_entity on ops.batches (source, entity, window_end);
+-- The files a drop's batches read, by the SHA-256 of their bytes: content is loaded once,
+-- whatever the file's name; a file with content loaded before is kept as a duplicate.
+create table if not exists ops.drop_manifest (
+    source text not null,
+    file_name text not null,
+    checksum text not null,
+    size_bytes bigint not null,
+    batch_id text not null,
+    duplicate_of text,
+    rows_read integer,
+    encodings text[],
+    warnings text[],
+    seen_at timestamptz not null default now(),
+    primary key (source, file_name, checksum)
+);
+create unique index if not exists drop_manifest_loaded_once
+    on ops.drop_manifest (source, checksum) where duplicate_of is null;
+create index if not exists drop_manifest_batch on ops.drop_manifest (source, batch_id);
 """
 
 MONITORING_DDL = """
@@ -66,6 +86,19 @@ create table if not exists monitoring.drift_findings (
     report_path text
 );
 create index if not exists drift_findings_segment on monitoring.drift_findings (segment_type, segment, metric, as_of);
+-- The test statistic, the window that decided (standard or fast) and the attribution; added
+-- after the first release, checked first so that an upgraded warehouse takes no lock.
+do $$ begin
+    if not exists (select from information_schema.columns where table_schema = 'monitoring'
+                   and table_name = 'drift_findings' and column_name = 'statistic') then
+        alter table monitoring.drift_findings
+            add column statistic double precision,
+            add column window_name text,
+            add column window_start date,
+            add column stage_moved text,
+            add column causes_grew text[];
+    end if;
+end $$;
 create table if not exists monitoring.improvement_reviews (
     review_id text primary key,
     segment_type text not null,
@@ -170,6 +203,8 @@ create table if not exists raw.{table} (
     _loaded_at timestamptz not null
 );
 create index if not exists {table}__batch on raw.{table} (_batch_id);
+-- dbt's incremental staging reads the rows loaded since its last build.
+create index if not exists {table}__loaded on raw.{table} (_loaded_at);
 create table if not exists quarantine.{table} (
     batch_id text not null,
     row_number integer not null,
@@ -178,11 +213,38 @@ create table if not exists quarantine.{table} (
     quarantined_at timestamptz not null default now(),
     primary key (batch_id, row_number)
 );
+-- held: broke only a reference rule and waits for its parent; origin: file and line. Added
+-- after the first release; checked first, so that a warehouse already upgraded takes no lock.
+do $$ begin
+    if not exists (select from information_schema.columns
+                   where table_schema = 'quarantine' and table_name = '{table}' and column_name = 'status') then
+        alter table quarantine.{table}
+            add column status text not null default 'quarantined' check (status in ('quarantined', 'held')),
+            add column origin text;
+    end if;
+end $$;
+"""
+
+
+# Validation runs on each batch staged as text in ``landing`` (unlogged tables, one per
+# batch, dropped with it); ``ops.to_timestamptz`` lets suite queries compare timestamps
+# without failing on a value that a type rule rejects anyway.
+LANDING_DDL = r"""
+create schema if not exists landing;
+create or replace function ops.to_timestamptz(value text) returns timestamptz
+    language sql stable parallel safe
+    as $$ select case when pg_input_is_valid(value, 'timestamptz') then value::timestamptz end $$;
+do $$ begin
+    if not exists (select from information_schema.columns
+                   where table_schema = 'ops' and table_name = 'batches' and column_name = 'data_docs') then
+        alter table ops.batches add column data_docs text;
+    end if;
+end $$;
 """
 
 
 def ddl() -> str:
-    parts = ["create schema if not exists raw;", "create schema if not exists quarantine;", OPS_DDL]
+    parts = ["create schema if not exists raw;", "create schema if not exists quarantine;", OPS_DDL, LANDING_DDL]
     for source in SOURCES.values():
         for entity in source.entities:
             parts.append(_raw_ddl(raw_table(source.name, entity.name), entity))
@@ -191,9 +253,27 @@ def ddl() -> str:
 
 
 def ensure(conn) -> None:
-    """Create what is missing; safe to run before every task."""
+    """Create what is missing; safe to run before every task.
+
+    The DDL's digest is recorded in ``ops.schema_version``: when it is there, nothing else
+    runs. Callers run this inside their batch's transaction, and ``create ... if not exists``
+    locks the tables it names until that transaction ends, so running the DDL every time
+    would make concurrent batches wait on each other.
+    """
+    text = ddl()
+    digest = hashlib.sha256(text.encode()).hexdigest()
     with conn.cursor() as cur:
+        cur.execute("select to_regclass('ops.schema_version') is not null")
+        if cur.fetchone()[0]:
+            cur.execute("select 1 from ops.schema_version where ddl_sha256 = %s", (digest,))
+            if cur.fetchone():
+                return
         # Concurrent tasks may race to create the same objects; one takes the lock, the
         # others then find everything in place.
         cur.execute("select pg_advisory_xact_lock(hashtext('serviceloop.schema'))")
-        cur.execute(ddl())
+        cur.execute(text)
+        cur.execute(
+            "create table if not exists ops.schema_version"
+            " (ddl_sha256 text primary key, applied_at timestamptz not null default now())"
+        )
+        cur.execute("insert into ops.schema_version (ddl_sha256) values (%s) on conflict do nothing", (digest,))

@@ -41,6 +41,11 @@ class Paths:
         return self.home / "reports"
 
     @property
+    def data_docs(self) -> Path:
+        """Great Expectations' Data Docs: one page per validated batch, and an index."""
+        return self.reports / "data-docs"
+
+    @property
     def outbox(self) -> Path:
         return self.home / "outbox"
 
