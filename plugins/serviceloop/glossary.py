@@ -14,12 +14,23 @@ METRICS = {
     "resolution_time": {"en": "Resolution time", "zh": "解决时长"},
     "sla_breach": {"en": "SLA resolution breaches", "zh": "SLA 解决超时率"},
     "csat": {"en": "Customer satisfaction (CSAT)", "zh": "客户满意度 (CSAT)"},
+    "first_response_time": {"en": "First response time", "zh": "首次响应时长"},
+    "handoffs": {"en": "Handoffs per ticket", "zh": "每单转交次数"},
+    "reopen": {"en": "Reopened tickets", "zh": "重开工单占比"},
 }
 
 STAGES = {
     "1. demand identification": {"en": "1. demand identification", "zh": "1. 需求识别"},
     "2. task assignment": {"en": "2. task assignment", "zh": "2. 任务分派"},
     "3. collaborative execution": {"en": "3. collaborative execution", "zh": "3. 协同执行"},
+    "3. collaborative execution (waiting on the customer)": {
+        "en": "3. collaborative execution (waiting on the customer)",
+        "zh": "3. 协同执行（等待客户）",
+    },
+    "3. collaborative execution (waiting on a third party)": {
+        "en": "3. collaborative execution (waiting on a third party)",
+        "zh": "3. 协同执行（等待第三方）",
+    },
     "4. result evaluation": {"en": "4. result evaluation", "zh": "4. 结果评估"},
     "5. continuous improvement": {"en": "5. continuous improvement", "zh": "5. 持续改进"},
 }
@@ -42,6 +53,43 @@ DELAY_CAUSES = {
     "third_party": {"en": "third party", "zh": "第三方"},
     "regulatory_change": {"en": "regulatory change", "zh": "法规变更"},
     "emergency_event": {"en": "emergency event", "zh": "突发事件"},
+}
+
+# The KPIs the weekly report and the dashboard show (columns of the kpi_* marts).
+KPIS = {
+    "sla_resolution_compliance": {"en": "SLA resolution compliance", "zh": "SLA 解决达标率"},
+    "sla_first_response_compliance": {"en": "SLA first-response compliance", "zh": "SLA 首次响应达标率"},
+    "resolution_p50_hours": {"en": "Resolution time, median", "zh": "解决时长（中位数）"},
+    "resolution_p90_hours": {"en": "Resolution time, p90", "zh": "解决时长（P90）"},
+    "first_contact_resolution_rate": {"en": "First-contact resolution", "zh": "首次接触解决率"},
+    "reopen_rate": {"en": "Reopen rate", "zh": "重开率"},
+    "csat_satisfied_rate": {"en": "Satisfied customers (CSAT 4-5)", "zh": "满意客户占比（CSAT 4-5）"},
+    "complaint_rate": {"en": "Complaint rate", "zh": "投诉率"},
+    "tickets_resolved": {"en": "Tickets resolved", "zh": "已解决工单"},
+    "backlog_open": {"en": "Open backlog", "zh": "未结工单"},
+}
+
+# The steps of a ticket's cycle (fct_ticket_stages.stage), each inside a process stage.
+CYCLE_STEPS = {
+    "intake": {"en": "intake", "zh": "受理"},
+    "assignment": {"en": "assignment", "zh": "分派"},
+    "active_work": {"en": "active work", "zh": "处理中"},
+    "waiting_customer": {"en": "waiting on the customer", "zh": "等待客户"},
+    "waiting_third_party": {"en": "waiting on a third party", "zh": "等待第三方"},
+    "evaluation": {"en": "evaluation", "zh": "评估"},
+}
+# fct_ticket_stages.process_stage -> the five-stage process (STAGES).
+PROCESS_STAGES = {
+    "intake": "1. demand identification",
+    "assignment": "2. task assignment",
+    "execution": "3. collaborative execution",
+    "evaluation": "4. result evaluation",
+}
+
+RAG = {
+    "green": {"en": "on target", "zh": "达标"},
+    "amber": {"en": "near target", "zh": "接近目标"},
+    "red": {"en": "off target", "zh": "未达标"},
 }
 
 PHRASES = {
@@ -128,6 +176,53 @@ PHRASES = {
     "failure.error": {"en": "Error", "zh": "错误"},
     "failure.log": {"en": "Log", "zh": "日志"},
     "failure.run": {"en": "Run", "zh": "运行"},
+    "subject.weekly_report": {
+        "en": "[ServiceLoop] Service quality report, {segment}, week of {week}",
+        "zh": "[ServiceLoop] 服务质量周报：{segment}，{week} 当周",
+    },
+    "report.title": {"en": "Service quality report", "zh": "服务质量周报"},
+    "report.week": {"en": "Week {start} to {end}", "zh": "{start} 至 {end} 当周"},
+    "report.intro": {
+        "en": "The week from {start} to {end}: figures from the KPI marts, targets from kpi_targets.",
+        "zh": "{start} 至 {end} 当周：数据来自 KPI 数据集市，目标来自 kpi_targets。",
+    },
+    "report.organisation": {"en": "the whole organisation", "zh": "全组织"},
+    "report.scorecard": {"en": "Scorecard", "zh": "计分卡"},
+    "report.kpi": {"en": "KPI", "zh": "指标"},
+    "report.priority": {"en": "priority", "zh": "优先级"},
+    "report.actual": {"en": "actual", "zh": "实际"},
+    "report.target": {"en": "target", "zh": "目标"},
+    "report.status": {"en": "status", "zh": "状态"},
+    "report.no_data": {"en": "no data", "zh": "无数据"},
+    "report.trends": {"en": "Trends over the last 13 weeks", "zh": "最近 13 周趋势"},
+    "report.bottleneck": {"en": "Bottleneck of the week", "zh": "本周瓶颈"},
+    "report.bottleneck_detail": {
+        "en": "{step} ({stage}): {share} of the cycle time of the tickets closed this week",
+        "zh": "{step}（{stage}）：占本周结案工单周期时长的 {share}",
+    },
+    "report.step": {"en": "step", "zh": "环节"},
+    "report.stage": {"en": "process stage", "zh": "流程阶段"},
+    "report.share": {"en": "share of cycle time", "zh": "周期时长占比"},
+    "report.mean_hours": {"en": "mean hours", "zh": "平均小时数"},
+    "report.causes": {"en": "Top delay causes of SLA breaches ({month})", "zh": "SLA 超时的主要延误原因（{month}）"},
+    "report.cause": {"en": "cause", "zh": "原因"},
+    "report.breaches": {"en": "breaches", "zh": "超时数"},
+    "report.breach_share": {"en": "share of breaches", "zh": "超时占比"},
+    "report.findings": {"en": "Drift findings of the week", "zh": "本周漂移发现"},
+    "report.day": {"en": "day", "zh": "日期"},
+    "report.team": {"en": "team", "zh": "团队"},
+    "report.metric": {"en": "metric", "zh": "指标"},
+    "report.change": {"en": "change", "zh": "变化"},
+    "report.reviews": {"en": "Open improvement reviews", "zh": "未关闭的改进评审"},
+    "report.status_now": {"en": "status today", "zh": "当前状态"},
+    "report.age": {"en": "age", "zh": "已开启"},
+    "report.days": {"en": "{days} d", "zh": "{days} 天"},
+    "report.due": {"en": "due", "zh": "截止"},
+    "report.none": {"en": "None.", "zh": "无。"},
+    "report.attached": {
+        "en": "The report is attached as a standalone HTML file.",
+        "zh": "完整报告以独立 HTML 文件附上。",
+    },
 }
 
 ACTIONS = (
@@ -169,6 +264,18 @@ def status(name: str, lang: str) -> str:
 
 def cause(name: str, lang: str) -> str:
     return _pick(DELAY_CAUSES, name, lang)
+
+
+def kpi(name: str, lang: str) -> str:
+    return _pick(KPIS, name, lang)
+
+
+def cycle_step(name: str, lang: str) -> str:
+    return _pick(CYCLE_STEPS, name, lang)
+
+
+def rag(status: str | None, lang: str) -> str:
+    return _pick(RAG, status, lang) if status else phrase("report.no_data", lang)
 
 
 def phrase(key: str, lang: str, **values) -> str:

@@ -29,7 +29,7 @@ import io
 import json
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import ClassVar, NamedTuple
@@ -271,6 +271,7 @@ class StaffingShortage:
     days: int = 14
     severity: float = 0.5
     kind: ClassVar[str] = "staffing_shortage"
+    metrics: ClassVar[tuple[str, ...]] = ("resolution_time", "first_response_time", "sla_breach", "csat")
 
     def __post_init__(self) -> None:
         if not isinstance(self.start, date) or isinstance(self.start, datetime):
@@ -289,8 +290,158 @@ class StaffingShortage:
         return self.start + timedelta(days=self.days)
 
 
-Scenario = StaffingShortage  # v1 has one kind; later kinds join this union
-_SCENARIO_KINDS: dict[str, type[Scenario]] = {StaffingShortage.kind: StaffingShortage}
+def _check_window(kind: str, start: date, days: int) -> None:
+    if not isinstance(start, date) or isinstance(start, datetime):
+        raise ValueError(f"{kind} start must be a date, got {start!r}")
+    if not isinstance(days, int) or days < 1:
+        raise ValueError(f"{kind} days must be a positive whole number, got {days!r}")
+
+
+@dataclass(frozen=True)
+class TechnicalFault:
+    """A fault in what the team supports: extra tickets arrive and each takes longer to fix.
+
+    From `start` for `days` days the team gets `volume` times its usual demand on top (drawn
+    apart from the usual arrivals), and the main work of its tickets takes `factor` times as long.
+    """
+
+    team: str
+    start: date
+    days: int = 3
+    volume: float = 1.0
+    factor: float = 1.5
+    kind: ClassVar[str] = "technical_fault"
+    metrics: ClassVar[tuple[str, ...]] = ("resolution_time", "first_response_time", "sla_breach")
+
+    def __post_init__(self) -> None:
+        _check_window(self.kind, self.start, self.days)
+        if self.volume < 0 or self.factor < 1:
+            raise ValueError(f"technical_fault needs volume >= 0 and factor >= 1, got {self.volume}, {self.factor}")
+
+    @property
+    def end(self) -> date:
+        return self.start + timedelta(days=self.days)
+
+
+@dataclass(frozen=True)
+class ProcessChange:
+    """A new approval step in task assignment (stage 2): each new ticket of the team waits
+    `hours` between triage and reaching the team's queue, from `start` for `days` days."""
+
+    team: str
+    start: date
+    days: int = 28
+    hours: float = 3.0
+    kind: ClassVar[str] = "process_change"
+    metrics: ClassVar[tuple[str, ...]] = ("first_response_time", "resolution_time")
+
+    def __post_init__(self) -> None:
+        _check_window(self.kind, self.start, self.days)
+        if self.hours <= 0:
+            raise ValueError(f"process_change hours must be positive, got {self.hours}")
+
+    @property
+    def end(self) -> date:
+        return self.start + timedelta(days=self.days)
+
+
+@dataclass(frozen=True)
+class ThirdPartyDelay:
+    """A supplier of one category is slow: from `start` for `days` days, a share `share` of
+    the category's new tickets must wait on it, and every wait on it takes `factor` times as long."""
+
+    team: str
+    start: date
+    category: str = ""
+    days: int = 21
+    share: float = 0.6
+    factor: float = 2.0
+    kind: ClassVar[str] = "third_party_delay"
+    metrics: ClassVar[tuple[str, ...]] = ("resolution_time", "sla_breach")
+
+    def __post_init__(self) -> None:
+        _check_window(self.kind, self.start, self.days)
+        if not 0 <= self.share <= 1 or self.factor < 1:
+            raise ValueError(
+                f"third_party_delay needs share in [0, 1] and factor >= 1, got {self.share}, {self.factor}"
+            )
+
+    @property
+    def end(self) -> date:
+        return self.start + timedelta(days=self.days)
+
+
+@dataclass(frozen=True)
+class CsatDrop:
+    """Customers of the team rate `points` lower (e.g. a policy they dislike), times unchanged:
+    tickets resolved from `start` for `days` days."""
+
+    team: str
+    start: date
+    days: int = 21
+    points: float = 0.8
+    kind: ClassVar[str] = "csat_drop"
+    metrics: ClassVar[tuple[str, ...]] = ("csat",)
+
+    def __post_init__(self) -> None:
+        _check_window(self.kind, self.start, self.days)
+        if self.points <= 0:
+            raise ValueError(f"csat_drop points must be positive, got {self.points}")
+
+    @property
+    def end(self) -> date:
+        return self.start + timedelta(days=self.days)
+
+
+@dataclass(frozen=True)
+class SlowCreep:
+    """The team's main work grows slowly, from 1 at `start` to `factor` after `days` days,
+    and stays there (a tool that degrades, knowledge that leaves)."""
+
+    team: str
+    start: date
+    days: int = 42
+    factor: float = 1.5
+    kind: ClassVar[str] = "slow_creep"
+    metrics: ClassVar[tuple[str, ...]] = ("resolution_time", "first_response_time", "sla_breach")
+
+    def __post_init__(self) -> None:
+        _check_window(self.kind, self.start, self.days)
+        if self.factor <= 1:
+            raise ValueError(f"slow_creep factor must be above 1, got {self.factor}")
+
+    @property
+    def end(self) -> date:
+        return self.start + timedelta(days=self.days)
+
+
+@dataclass(frozen=True)
+class Holidays:
+    """Public holidays: demand as on a Sunday, and only the weekend crew works. No team."""
+
+    dates: tuple[date, ...]
+    team: ClassVar[None] = None
+    kind: ClassVar[str] = "holidays"
+    metrics: ClassVar[tuple[str, ...]] = ()
+
+    def __post_init__(self) -> None:
+        for day in self.dates:
+            if not isinstance(day, date) or isinstance(day, datetime):
+                raise ValueError(f"holidays dates must be dates, got {day!r}")
+
+    @property
+    def start(self) -> date:
+        return min(self.dates)
+
+    @property
+    def end(self) -> date:
+        return max(self.dates) + timedelta(days=1)
+
+
+Scenario = StaffingShortage | TechnicalFault | ProcessChange | ThirdPartyDelay | CsatDrop | SlowCreep | Holidays
+_SCENARIO_KINDS: dict[str, type] = {
+    k.kind: k for k in (StaffingShortage, TechnicalFault, ProcessChange, ThirdPartyDelay, CsatDrop, SlowCreep)
+}
 
 
 @dataclass
@@ -307,7 +458,8 @@ def parse_scenario(text: str) -> Scenario:
     """Parse a scenario given as `kind(key=value,...)`; a ValueError names what is wrong.
 
     e.g. `staffing_shortage(team=tech_support,start=2026-08-30,days=14,severity=0.5)`
-    (days defaults to 14, severity to 0.5).
+    (days defaults to 14, severity to 0.5). Every kind takes `team` and `start` and its own
+    optional parameters (the fields of its class, e.g. `csat_drop(...,points=0.8)`).
     """
     match = re.fullmatch(r"\s*([A-Za-z_]\w*)\s*\((.*)\)\s*", text)
     if not match:
@@ -316,6 +468,7 @@ def parse_scenario(text: str) -> Scenario:
     if kind not in _SCENARIO_KINDS:
         known = sorted(_SCENARIO_KINDS)
         raise ValueError(f"unknown scenario kind {kind!r} in {text!r}; known kinds: {known}")
+    cls = _SCENARIO_KINDS[kind]
     params: dict[str, str] = {}
     for part in filter(None, (p.strip() for p in body.split(","))):
         key, sep, value = (s.strip() for s in part.partition("="))
@@ -324,30 +477,31 @@ def parse_scenario(text: str) -> Scenario:
         if key in params:
             raise ValueError(f"parameter {key!r} given twice in {text!r}")
         params[key] = value
-    allowed = {"team", "start", "days", "severity"}
-    if unknown := set(params) - allowed:
-        raise ValueError(f"unknown parameter(s) {sorted(unknown)} in {text!r}; allowed: {sorted(allowed)}")
+    types = {f.name: f.type for f in fields(cls)}
+    if unknown := set(params) - set(types):
+        raise ValueError(f"unknown parameter(s) {sorted(unknown)} in {text!r}; allowed: {sorted(types)}")
     if missing := {"team", "start"} - set(params):
         raise ValueError(f"missing parameter(s) {sorted(missing)} in {text!r}")
     teams = _load_reference().teams
     if params["team"] not in teams:
         raise ValueError(f"unknown team {params['team']!r} in {text!r}; teams: {list(teams)}")
+    values: dict[str, object] = {}
+    for key, value in params.items():
+        try:
+            values[key] = _PARSERS[types[key]](value)
+        except ValueError:
+            what = {"date": "start date", "int": "days"}.get(types[key], key)
+            expected = {"date": "YYYY-MM-DD", "int": "a whole number", "float": "a number"}.get(types[key], "text")
+            raise ValueError(f"bad {what} {value!r} in {text!r}: expected {expected}") from None
     try:
-        start = date.fromisoformat(params["start"])
-    except ValueError:
-        raise ValueError(f"bad start date {params['start']!r} in {text!r}: expected YYYY-MM-DD") from None
-    try:
-        days = int(params.get("days", "14"))
-    except ValueError:
-        raise ValueError(f"bad days {params['days']!r} in {text!r}: expected a whole number") from None
-    try:
-        severity = float(params.get("severity", "0.5"))
-    except ValueError:
-        raise ValueError(f"bad severity {params['severity']!r} in {text!r}: expected a number") from None
-    try:
-        return _SCENARIO_KINDS[kind](team=params["team"], start=start, days=days, severity=severity)
+        return cls(**values)
     except ValueError as e:
         raise ValueError(f"{e} (in {text!r})") from None
+
+
+# How each field type of a scenario class is read from its text (the classes' annotations are
+# strings under `from __future__ import annotations`).
+_PARSERS = {"str": str, "date": date.fromisoformat, "int": int, "float": float}
 
 
 def default_scenarios(config: SimulationConfig) -> list[Scenario]:
@@ -368,9 +522,16 @@ def _validate(config: SimulationConfig, ref: _Reference) -> None:
     if not 0 <= config.bad_record_rate < 1:
         raise ValueError(f"bad_record_rate must lie in [0, 1), got {config.bad_record_rate}")
     for scenario in config.scenarios:
-        if scenario.team not in ref.teams:
+        if scenario.team is not None and scenario.team not in ref.teams:
             teams = list(ref.teams)
             raise ValueError(f"scenario {scenario} names unknown team {scenario.team!r}; teams: {teams}")
+        if isinstance(scenario, ThirdPartyDelay):
+            categories = list(_TEAM_PROFILES.get(scenario.team, _GENERIC_PROFILE).categories)
+            if scenario.category not in categories:
+                raise ValueError(
+                    f"scenario {scenario} names category {scenario.category!r}, which team "
+                    f"{scenario.team!r} does not handle; its categories: {categories}"
+                )
 
 
 # --- the simulated data and its snapshots --------------------------------------------------
@@ -580,17 +741,116 @@ def simulate(config: SimulationConfig) -> SimulatedData:
 
     created = _draw_arrivals(config, rng_arrivals)
     tickets = _draw_tickets(created, profiles, rng_tickets)
+    # Scenarios other than a staffing shortage draw from their own generator, and only when
+    # present, so a configuration without them simulates exactly as it always did.
+    rng_scenarios = np.random.default_rng([config.seed, _SCENARIO_STREAM])
+    tickets = _add_fault_tickets(config, ref, profiles, tickets, rng_scenarios)
     plan = _draw_plan(tickets, profiles, rng_process)
     staff = _staff_teams(config, ref, plan, rng_staff)
+    _apply_scenarios(config, ref, plan, rng_scenarios)
     outcome = _run_desk(plan, staff, config)
     return _assemble(config, ref, tickets, plan, staff, outcome, rng_outcomes, rng_bad)
+
+
+_SCENARIO_STREAM = 104_729
+
+
+def _holidays(config: SimulationConfig) -> set[int]:
+    """Days of the period (0-based) that are public holidays."""
+    return {
+        (day - config.start).days
+        for s in config.scenarios
+        if isinstance(s, Holidays)
+        for day in s.dates
+        if 0 <= (day - config.start).days < config.days
+    }
+
+
+def _created_in(config: SimulationConfig, minutes: np.ndarray, scenario) -> np.ndarray:
+    first = (scenario.start - config.start).days * 1440.0
+    return (minutes >= first) & (minutes < first + scenario.days * 1440.0)
+
+
+def _add_fault_tickets(
+    config: SimulationConfig, ref: _Reference, profiles: list[_Profile], tickets: dict, rng: np.random.Generator
+) -> dict:
+    """The extra tickets of technical faults, merged into the usual ones in order of creation.
+
+    They are drawn as the team's usual demand over the fault's days (times its volume), from
+    the scenarios' own generator; the usual tickets keep what they were drawn with.
+    """
+    faults = [s for s in config.scenarios if isinstance(s, TechnicalFault) and s.volume > 0]
+    if not faults:
+        return tickets
+    for fault in faults:
+        t = ref.teams.index(fault.team)
+        first = (fault.start - config.start).days
+        days = np.arange(max(0, first), min(config.days, first + fault.days))
+        if not days.size:
+            continue
+        share = profiles[t].share / sum(p.share for p in profiles)
+        dow = (config.start.weekday() + days) % 7
+        daily = fault.volume * share * config.tickets_per_day * np.asarray(_WEEKDAY_VOLUME)[dow]
+        hourly = np.outer(daily, np.asarray(_HOUR_PROFILE) / sum(_HOUR_PROFILE)).ravel()
+        hours = np.repeat(np.arange(hourly.size), rng.poisson(hourly)) + days[0] * 24
+        created = np.sort((hours + rng.random(hours.size)) * 60.0)
+        only_team = [p._replace(share=p.share if k == t else 0.0) for k, p in enumerate(profiles)]
+        extra = _draw_tickets(created, only_team, rng)
+        tickets = _merge_tickets(tickets, extra)
+    return tickets
+
+
+def _merge_tickets(a: dict, b: dict) -> dict:
+    order = np.argsort(np.concatenate([a["created"], b["created"]]), kind="stable")
+    merged = {"n": a["n"] + b["n"], "columns": {}}
+    for key in ("created", "triaged", "assigned", "team", "priority", "cat_work"):
+        merged[key] = np.concatenate([a[key], b[key]])[order]
+    for key in a["columns"]:
+        merged["columns"][key] = np.concatenate([a["columns"][key], b["columns"][key]])[order]
+    merged["planned"] = np.concatenate([a.get("planned", np.ones(a["n"], bool)), np.zeros(b["n"], bool)])[order]
+    return merged
+
+
+def _apply_scenarios(config: SimulationConfig, ref: _Reference, plan: dict, rng: np.random.Generator) -> None:
+    """Change the planned work of the tickets a scenario touches (after staffing is sized)."""
+    team, created = plan["team"], plan["created"]
+    category = plan["columns"]["category"]
+    for s in config.scenarios:
+        if isinstance(s, (StaffingShortage, Holidays, CsatDrop)):
+            continue  # absences are in the rota, holidays in arrivals and rota, CSAT in surveys
+        ours = team == ref.teams.index(s.team)
+        hit = ours & _created_in(config, created, s)
+        if isinstance(s, TechnicalFault):
+            plan["work"][hit, _MAIN] *= s.factor
+        elif isinstance(s, ProcessChange):
+            # The approval step holds the ticket before it reaches the team's queue.
+            plan["assigned"][hit] += s.hours * 60.0
+        elif isinstance(s, ThirdPartyDelay):
+            hit &= category == s.category
+            newly = hit & ~plan["needs"][:, _THIRD_PARTY] & (rng.random(plan["n"]) < s.share)
+            if newly.any():
+                plan["needs"][newly, _THIRD_PARTY] = True
+                base = np.array([p.work_minutes for p in _profiles(ref)])[team[newly]]
+                plan["work"][newly, _THIRD_PARTY] = base * _STEP_WORK[_THIRD_PARTY]
+            plan["wait_third_party"][hit] *= s.factor
+        elif isinstance(s, SlowCreep):
+            first = (s.start - config.start).days * 1440.0
+            ramp = np.clip((created - first) / (s.days * 1440.0), 0.0, 1.0)
+            plan["work"][ours & (created >= first), _MAIN] *= (1 + (s.factor - 1) * ramp)[ours & (created >= first)]
+
+
+def _profiles(ref: _Reference) -> list[_Profile]:
+    return [_TEAM_PROFILES.get(team, _GENERIC_PROFILE) for team in ref.teams]
 
 
 def _draw_arrivals(config: SimulationConfig, rng: np.random.Generator) -> np.ndarray:
     """Creation minutes since the period start: Poisson per hour, weekly and daily profile."""
     dow = (config.start.weekday() + np.arange(config.days)) % 7
     noise = rng.lognormal(0.0, _DAILY_VOLUME_SIGMA, config.days)
-    daily = config.tickets_per_day * np.asarray(_WEEKDAY_VOLUME)[dow] * noise
+    volume = np.asarray(_WEEKDAY_VOLUME)[dow]
+    for day in _holidays(config):
+        volume[day] = _WEEKDAY_VOLUME[6]  # a public holiday sees Sunday's demand
+    daily = config.tickets_per_day * volume * noise
     hourly = np.outer(daily, np.asarray(_HOUR_PROFILE) / sum(_HOUR_PROFILE)).ravel()
     hours = np.repeat(np.arange(hourly.size), rng.poisson(hourly))
     return np.sort((hours + rng.random(hours.size)) * 60.0)
@@ -739,7 +999,9 @@ def _staff_teams(config: SimulationConfig, ref: _Reference, plan: dict, rng: np.
     teams, volumes and seeds.
     """
     n_teams = len(ref.teams)
-    load = np.bincount(plan["step_team"].ravel(), weights=plan["work"].ravel(), minlength=n_teams)
+    # Teams are sized for the demand they plan for: a fault's extra tickets are not planned.
+    planned = plan.get("planned", np.ones(plan["n"], bool))
+    load = np.bincount(plan["step_team"][planned].ravel(), weights=plan["work"][planned].ravel(), minlength=n_teams)
     weeks = config.days / 7.0
 
     def utilisation(t: int, agents: int) -> float:
@@ -757,7 +1019,7 @@ def _staff_teams(config: SimulationConfig, ref: _Reference, plan: dict, rng: np.
     hourly_cost = np.round(rng.uniform(25.0, 60.0, len(agent_ids)), 2)
 
     absences = []
-    for scenario in config.scenarios:
+    for scenario in (s for s in config.scenarios if isinstance(s, StaffingShortage)):
         t = ref.teams.index(scenario.team)
         members = team_agents[t]
         # At least one absent, and at least one left to answer the queue.
@@ -776,7 +1038,7 @@ def _roster(staff: _Staff, config: SimulationConfig, day: int) -> list[tuple[int
     shifts, as a team lead would re-plan the rota.
     """
     weekday = config.start.weekday() + day
-    is_weekend = weekday % 7 >= 5
+    is_weekend = weekday % 7 >= 5 or day in _holidays(config)
     rows = []
     for t, members in enumerate(staff.team_agents):
         absent = frozenset().union(*(a for team, s, e, a in staff.absences if team == t and s <= day < e))
@@ -998,7 +1260,10 @@ def _assemble(
     codes = list(_RESOLUTION_CODES)
     resolution_code = np.array(codes, dtype=object)[_pick(rng, list(_RESOLUTION_CODES.values()), n)]
 
-    surveys, survey_minute = _draw_surveys(plan, resolved, target_min, ticket_ids, rng)
+    penalty = np.zeros(n)
+    for s in (s for s in config.scenarios if isinstance(s, CsatDrop)):
+        penalty[(plan["final_team"] == ref.teams.index(s.team)) & _created_in(config, resolved, s)] += s.points
+    surveys, survey_minute = _draw_surveys(plan, resolved, target_min, ticket_ids, rng, penalty)
 
     # Bad records, kept in the outputs for the pipeline to quarantine.
     static = dict(tickets["columns"])
@@ -1085,18 +1350,7 @@ def _assemble(
         "end": (config.start + timedelta(days=config.days)).isoformat(),
         "tickets_per_day": config.tickets_per_day,
         "teams": {team: len(members) for team, members in zip(ref.teams, staff.team_agents, strict=True)},
-        "scenarios": [
-            {
-                "kind": s.kind,
-                "team": s.team,
-                "start": s.start.isoformat(),
-                "end": s.end.isoformat(),
-                "days": s.days,
-                "severity": s.severity,
-                "absent_agents": sorted(staff.agent_ids[a] for a in absence[3]),
-            }
-            for s, absence in zip(config.scenarios, staff.absences, strict=True)
-        ],
+        "scenarios": _scenario_truth(config, staff),
         "bad_records": {name: bad.get(name, []) for name in contract.ENTITIES},
     }
     end = epoch + pd.Timedelta(days=config.days)
@@ -1107,6 +1361,34 @@ def _assemble(
         as_of_ts=end,
         _history=history,
     )
+
+
+def _scenario_truth(config: SimulationConfig, staff: _Staff) -> list[dict]:
+    """Each scenario as the ground truth lists it: kind, segment, metrics it moves, window, parameters."""
+    absences = iter(staff.absences)
+    truth = []
+    for s in config.scenarios:
+        if isinstance(s, Holidays):
+            truth.append({"kind": s.kind, "dates": [d.isoformat() for d in s.dates], "metrics": []})
+            continue
+        entry = {
+            "kind": s.kind,
+            "team": s.team,
+            "start": s.start.isoformat(),
+            "end": s.end.isoformat(),
+            "days": s.days,
+            "segment": {"team": s.team},
+            "metrics": list(s.metrics),
+        }
+        if isinstance(s, StaffingShortage):
+            entry["severity"] = s.severity
+            entry["absent_agents"] = sorted(staff.agent_ids[a] for a in next(absences)[3])
+        else:
+            entry.update({f.name: getattr(s, f.name) for f in fields(s) if f.name not in entry})
+            if isinstance(s, ThirdPartyDelay):
+                entry["segment"] = {"team": s.team, "category": s.category}
+        truth.append(entry)
+    return truth
 
 
 def _delay_causes(
@@ -1141,9 +1423,15 @@ def _delay_causes(
 
 
 def _draw_surveys(
-    plan: dict, resolved: np.ndarray, target_min: np.ndarray, ticket_ids: np.ndarray, rng: np.random.Generator
+    plan: dict,
+    resolved: np.ndarray,
+    target_min: np.ndarray,
+    ticket_ids: np.ndarray,
+    rng: np.random.Generator,
+    penalty: np.ndarray | None = None,
 ) -> tuple[pd.DataFrame, np.ndarray]:
-    """Satisfaction surveys on resolved tickets; the rating follows the experience."""
+    """Satisfaction surveys on resolved tickets; the rating follows the experience (less any
+    scenario `penalty`, in points)."""
     n = plan["n"]
     needs = plan["needs"]
     # Drawn for every ticket so the same customers answer whatever the scenario.
@@ -1159,6 +1447,8 @@ def _draw_surveys(
         - 0.35 * (needs[:, _HANDOFF].astype(int) + needs[:, _HANDBACK])
         - 0.25 * needs[:, _MISROUTE]
     )
+    if penalty is not None:
+        score = score - penalty
     csat = np.clip(np.rint(score), 1, 5).astype(int)
     nps = np.clip(np.rint(2.3 * score - 1.8 + rng.normal(0.0, 1.2, n)), 0, 10).astype(int)
     unhappy = rng.random(n)
