@@ -7,10 +7,12 @@ A source with a schedule other than the default one is ingested by a DAG of its 
 `serviceloop_ingest__<source>`.
 
 Each task extracts the records whose watermark falls in its window (from where the last
-batch ended, minus an overlap for late updates, to the end of the data interval), validates
-them with the entity's Great Expectations suite (`expectations/`), `COPY`s the valid rows
-into `raw.<source>__<entity>` and the rejected ones into `quarantine.<source>__<entity>` with
-the rules they broke, all in one transaction. Rerunning an interval replaces its batch.
+batch ended, minus an overlap for late updates, to the end of the data interval), stages
+them as text in the warehouse (`landing`), validates them there with the entity's Great
+Expectations suite (`expectations/`), and moves the valid rows into
+`raw.<source>__<entity>` and the rejected ones into `quarantine.<source>__<entity>` with the
+rules they broke, all in one transaction; orphans wait there, held, for their ticket. The
+task log links the batch's Data Docs. Rerunning an interval replaces its batch.
 
 Emits one Asset per raw table; `serviceloop_transform` runs when they have been updated.
 """
