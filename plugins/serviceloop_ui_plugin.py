@@ -1,4 +1,4 @@
-"""Airflow plugin: the "Improvement reviews" pages in Airflow's UI, served by its API server.
+"""Airflow plugin: the "Improvement reviews" and "Service quality" pages in Airflow's UI, served by its API server.
 
 Airflow loads every module of the plugins folder in each of its processes; the package
 ``serviceloop/`` is excluded by ``.airflowignore``, and this module only names the app, which
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from airflow.plugins_manager import AirflowPlugin
 
-from serviceloop.ui import TITLE, URL_PREFIX, ReviewsApp
+from serviceloop.ui import QUALITY_TITLE, TITLE, URL_PREFIX, ReviewsApp
 
 
 class ServiceLoopReviewsPlugin(AirflowPlugin):
@@ -21,5 +21,11 @@ class ServiceLoopReviewsPlugin(AirflowPlugin):
             "href": f"{URL_PREFIX.lstrip('/')}/reviews",
             "destination": "nav",
             "url_route": "improvement-reviews",
-        }
+        },
+        {
+            "name": QUALITY_TITLE,
+            "href": f"{URL_PREFIX.lstrip('/')}/quality",
+            "destination": "nav",
+            "url_route": "service-quality",
+        },
     ]

@@ -55,11 +55,11 @@ def test_up_serves_the_dags_to_the_printed_login_and_down_stops_it(tmp_path):
         )
         dag_ids: set[str] = set()
         deadline = time.monotonic() + 180
-        while time.monotonic() < deadline and len(dag_ids) < 3:
+        while time.monotonic() < deadline and len(dag_ids) < 4:
             with urllib.request.urlopen(request, timeout=10) as resp:
                 dag_ids = {d["dag_id"] for d in json.loads(resp.read())["dags"]}
             time.sleep(3)
-        assert dag_ids == {"serviceloop_ingest", "serviceloop_transform", "serviceloop_drift"}
+        assert dag_ids == {"serviceloop_ingest", "serviceloop_transform", "serviceloop_drift", "serviceloop_report"}
     finally:
         down = subprocess.run([cli, "down", "--warehouse"], env=env, capture_output=True, text=True, timeout=120)
     assert down.returncode == 0

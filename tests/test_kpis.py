@@ -48,6 +48,8 @@ MARTS_KEYS = {
     "kpi_monthly": "month_start, team_id, channel, priority",
     "kpi_organisation_daily": "kpi_date",
     "kpi_organisation_weekly": "week_start",
+    "kpi_team_weekly": "week_start, team_id",
+    "kpi_team_monthly": "month_start, team_id",
     "kpi_priority_monthly": "month_start, priority",
     "kpi_bottleneck_weekly": "week_start, team_id, stage",
     "kpi_delay_causes": "month_start, team_id, delay_cause",

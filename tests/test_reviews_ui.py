@@ -8,6 +8,7 @@ the review in the list, opens it, and follows its report link to the Evidently r
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
@@ -55,11 +56,11 @@ def _get(url: str, token: str | None = None) -> tuple[int, dict, bytes]:
         return exc.code, dict(exc.headers), exc.read()
 
 
-@pytest.fixture
-def stack(tmp_path):
-    """`serviceloop up` in a throwaway state folder: (base url, user, password, env, cli)."""
+@contextlib.contextmanager
+def airflow_stack(home: Path):
+    """`serviceloop up` with its state in ``home``: (base url, user, password, env, cli); down afterwards."""
     port = _free_port()
-    env = {**os.environ, "SERVICELOOP_HOME": str(tmp_path / "home"), "SERVICELOOP_UI_PORT": str(port)}
+    env = {**os.environ, "SERVICELOOP_HOME": str(home), "SERVICELOOP_UI_PORT": str(port)}
     env.pop("AIRFLOW_HOME", None)
     cli = str(Path(sys.executable).with_name("serviceloop"))
     try:
@@ -70,6 +71,12 @@ def stack(tmp_path):
         yield f"http://127.0.0.1:{port}", login.group(1), login.group(2), env, cli
     finally:
         subprocess.run([cli, "down", "--warehouse"], env=env, capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture
+def stack(tmp_path):
+    with airflow_stack(tmp_path / "home") as up:
+        yield up
 
 
 def _run(cli: str, args: list[str], env: dict) -> str:
@@ -109,6 +116,18 @@ def _browser():
     return webdriver.Chrome(options=options, service=Service(str(CHROMEDRIVER)))
 
 
+def log_in(driver, wait, url: str, user: str, password: str) -> None:
+    """Open ``url``: Airflow's login comes first, then the browser is back at ``url``."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+
+    driver.get(url)
+    wait.until(ec.presence_of_element_located((By.NAME, "username"))).send_keys(user)
+    driver.find_element(By.NAME, "password").send_keys(password)
+    driver.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    wait.until(ec.url_to_be(url))
+
+
 def test_a_review_opened_by_the_pipeline_is_listed_with_its_history_and_its_report_resolves(stack):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
@@ -127,11 +146,7 @@ def test_a_review_opened_by_the_pipeline_is_listed_with_its_history_and_its_repo
     driver = _browser()
     wait = WebDriverWait(driver, 60)
     try:
-        driver.get(reviews_url)
-        wait.until(ec.presence_of_element_located((By.NAME, "username"))).send_keys(user)
-        driver.find_element(By.NAME, "password").send_keys(password)
-        driver.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
-        wait.until(ec.url_to_be(reviews_url))
+        log_in(driver, wait, reviews_url, user, password)
 
         # The list: the review the drift DAG opened, with its owner, status and age.
         row = wait.until(ec.presence_of_element_located((By.XPATH, f"//tr[td/a[text()='{REVIEW}']]")))
@@ -176,4 +191,7 @@ def test_a_review_opened_by_the_pipeline_is_listed_with_its_history_and_its_repo
     # Airflow's UI lists the page in its navigation.
     plugins = json.loads(_get(f"{base}/api/v2/plugins", token=cookie["value"])[2])["plugins"]
     (views,) = [p["external_views"] for p in plugins if p["name"] == "serviceloop_reviews"]
-    assert [(v["name"], v["href"]) for v in views] == [("Improvement reviews", "serviceloop/reviews")]
+    assert [(v["name"], v["href"]) for v in views] == [
+        ("Improvement reviews", "serviceloop/reviews"),
+        ("Service quality", "serviceloop/quality"),
+    ]

@@ -1,4 +1,4 @@
-"""A small PNG chart of a metric over the reference and current windows, for alerts.
+"""Small PNG charts: a metric over the drift windows (alerts), a KPI by week (the weekly report).
 
 One line of the daily value (median resolution time, breach rate, mean CSAT), the
 reference window shaded grey, the current window shaded red, the change (if any) marked,
@@ -57,18 +57,7 @@ def metric_chart(
     lang: str = "en",
 ) -> bytes:
     """PNG bytes of ``daily`` (day, value) with the windows shaded."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib.figure import Figure
-
-    font = cjk_font()
-    label_lang = lang if lang == "en" or font else "en"
-    fig = Figure(figsize=(6.0, 2.6), dpi=100)
-    ax = fig.add_subplot()
-    if font and label_lang != "en":
-        for text in (ax.title, ax.xaxis.label, ax.yaxis.label):
-            text.set_fontfamily(font)
+    fig, ax, font, label_lang = _figure((6.0, 2.6), lang)
     one = dt.timedelta(days=1)
     ax.axvspan(reference[0], reference[1] + one, color="0.9", label=glossary.phrase("chart.reference", label_lang))
     ax.axvspan(current[0], current[1] + one, color="#f6c7c3", label=glossary.phrase("chart.current", label_lang))
@@ -85,8 +74,56 @@ def metric_chart(
     ax.tick_params(labelsize=7)
     fig.autofmt_xdate()
     legend = ax.legend(fontsize=7, loc="upper left", frameon=False)
-    if font and label_lang != "en":
-        for text in legend.get_texts():
+    return _png(fig, ax, font, legend.get_texts())
+
+
+def trend_chart(
+    kpi: str,
+    starts: Sequence[dt.date],
+    values: Sequence[float | None],
+    *,
+    target: float | None = None,
+    percent: bool = False,
+    lang: str = "en",
+) -> bytes:
+    """PNG bytes of a small chart of a KPI by period (the weekly report's trends), target dashed."""
+    from matplotlib.ticker import PercentFormatter
+
+    fig, ax, font, label_lang = _figure((3.3, 1.8), lang)
+    # A missing period is a gap in the line, not a zero.
+    ys = [float("nan") if v is None else v for v in values]
+    ax.plot(list(starts), ys, color="#1f4e79", linewidth=1.4, marker=".")
+    if target is not None:
+        ax.axhline(target, color="#b42318", linestyle="--", linewidth=1)
+    if percent:
+        ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
+    ax.set_title(glossary.kpi(kpi, label_lang), fontsize=9)
+    ax.tick_params(labelsize=6)
+    for side in ("top", "right"):
+        ax.spines[side].set_visible(False)
+    fig.autofmt_xdate()
+    return _png(fig, ax, font)
+
+
+def _figure(size: tuple[float, float], lang: str):
+    """(figure, axes, CJK font or None, the language labels can be drawn in) for a chart in ``lang``.
+
+    Without a CJK font the labels stay in English rather than draw empty boxes.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    font = cjk_font() if glossary.language(lang) != "en" else None
+    fig = Figure(figsize=size, dpi=100)
+    return fig, fig.add_subplot(), font, lang if font else "en"
+
+
+def _png(fig, ax, font: str | None, extra_texts=()) -> bytes:
+    """The figure as PNG, its labels in ``font`` (a CJK family) when given."""
+    if font:
+        for text in (ax.title, ax.xaxis.label, ax.yaxis.label, *extra_texts):
             text.set_fontfamily(font)
     fig.tight_layout()
     buf = io.BytesIO()

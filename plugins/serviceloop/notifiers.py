@@ -73,9 +73,13 @@ class Message:
     chart_png: bytes | None = None
     fields: dict = field(default_factory=dict)
     headers: dict = field(default_factory=dict)
+    # Images the HTML shows inline by ``cid:<name>`` (PNG), and files attached whole:
+    # (filename, MIME type, bytes).
+    images: dict[str, bytes] = field(default_factory=dict)
+    attachments: list[tuple[str, str, bytes]] = field(default_factory=list)
 
     def email(self, sender: str = SENDER) -> EmailMessage:
-        """A multipart message: plain text, and HTML with the chart inline."""
+        """A multipart message: plain text, and HTML with the chart (or images) inline; attachments."""
         msg = EmailMessage()
         msg["From"] = sender
         msg["To"] = self.recipient
@@ -88,9 +92,19 @@ class Message:
         msg.set_content(self.text)
         # Quoted-printable keeps every line under SMTP's 998-character limit, whatever the markup.
         msg.add_alternative(self.html, subtype="html", cte="quoted-printable")
-        if self.chart_png:
-            html_part = msg.get_payload()[1]
-            html_part.add_related(self.chart_png, "image", "png", cid="<chart@serviceloop>", filename="chart.png")
+        images = {"chart@serviceloop": self.chart_png} if self.chart_png else {}
+        images.update(self.images)
+        html_part = msg.get_payload()[1]
+        for cid, png in images.items():
+            html_part.add_related(
+                png, "image", "png", cid=f"<{cid}>", filename=f"{cid.split('@')[0]}.png", disposition="inline"
+            )
+        for filename, mime_type, content in self.attachments:
+            maintype, subtype = mime_type.split("/", 1)
+            if maintype == "text":
+                msg.add_attachment(content.decode("utf-8"), subtype=subtype, filename=filename, cte="base64")
+            else:
+                msg.add_attachment(content, maintype, subtype, filename=filename)
         return msg
 
 

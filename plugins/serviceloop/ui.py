@@ -18,19 +18,29 @@ UI; a browser without one is sent to Airflow's login. Every value is HTML-escape
 free text), times are shown in UTC, and ages and deadlines run on the data's clock (the last
 day the drift monitor evaluated), as the reviews' reminders do.
 
+The "Service quality" page (``/quality``) is the managers' dashboard: the scorecard of a
+segment (the organisation or a team) for a week or a month against the targets, the trend of
+the headline KPIs, where the cycle time goes stage by stage, and links to the segment's
+reviews and their drift reports. Its figures come from the small KPI marts
+(``serviceloop.quality``) read as the read-only ``analyst`` role; charts are inline SVG.
+
 Importing this module is cheap (Airflow imports plugins in every process): FastAPI, the
 warehouse and the review logic are imported when the app is first built.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
-import html
+import os
 from pathlib import Path
 from urllib.parse import quote, urlencode
 
+from serviceloop.quality import e
+
 URL_PREFIX = "/serviceloop"
 TITLE = "Improvement reviews"
+QUALITY_TITLE = "Service quality"
 
 _CSS = """
 body { font-family: "Noto Sans", "Noto Sans CJK SC", "DejaVu Sans", sans-serif; margin: 1.2rem; color: #1b1f24; }
@@ -46,6 +56,8 @@ dl { display: grid; grid-template-columns: max-content auto; gap: .25rem 1rem; m
 .status-verified { background: #c8f0c8; } .status-dismissed { background: #e1e4e8; color: #57606a; }
 .overdue { color: #b42318; font-weight: 600; } .sev-high { color: #b42318; font-weight: 600; }
 nav a { margin-right: .7rem; } code { background: #f6f8fa; padding: .05rem .3rem; }
+form.pick { margin: .4rem 0 .8rem; } form.pick label { margin-right: .8rem; }
+.charts svg { margin: 0 .6rem .6rem 0; border: 1px solid #eaeef2; } tr.bottleneck td { font-weight: 600; }
 """
 
 # The pages load nothing but themselves (no scripts); the Airflow UI may frame them.
@@ -54,11 +66,6 @@ _PAGE_CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; fram
 # cannot call Airflow's API with the viewer's login.
 _REPORT_CSP = "sandbox allow-scripts allow-popups"
 _HTML_LANG = {"zh": "zh-Hans"}
-
-
-def e(value: object) -> str:
-    """Text for HTML: escaped, None as empty."""
-    return "" if value is None else html.escape(str(value), quote=True)
 
 
 def utc(ts: dt.datetime | None) -> str:
@@ -264,6 +271,128 @@ def render_review(r: dict, today: dt.date, language: str) -> str:
     return page(rid, "".join(body))
 
 
+def quality_data(conn, team: str | None, grain: str, start: dt.date | None) -> dict:
+    """What the Service quality page shows, from the marts only (``conn`` may be the analyst's).
+
+    Without ``start``, the latest period the data covers completely (the one in progress
+    while there is none), as ``kpi_scorecard`` picks its month.
+    """
+    from serviceloop import quality
+
+    with conn.cursor() as cur:
+        team_rows = quality.teams(cur)
+        if team is not None and team not in {t for t, _ in team_rows}:
+            raise quality.QualityError(f"no team {team!r} in marts.dim_team")
+        starts = quality.periods(cur, grain)
+        cur.execute("select max(kpi_date) from marts.kpi_organisation_daily")
+        last_day = cur.fetchone()[0]
+        if start is None:
+            whole = [s for s in starts if last_day is not None and quality.period_end(s, grain) <= last_day]
+            start = (whole or starts or [quality.period_start(dt.date.today(), grain)])[0]
+        start = quality.period_start(start, grain)
+        return {
+            "team": team,
+            "grain": grain,
+            "start": start,
+            "end": quality.period_end(start, grain),
+            "last_day": last_day,
+            "teams": team_rows,
+            "starts": starts,
+            "scorecard": quality.scorecard(cur, team, grain, start),
+            "trend": quality.trend(cur, team, grain, start),
+            "targets": {t["metric"]: t["target"] for t in quality.targets(cur) if t["priority"] == "all"},
+            "stages": quality.stage_breakdown(cur, team, grain, start),
+        }
+
+
+def render_quality(data: dict, reviews: list[dict]) -> str:
+    """The Service quality page: pickers, scorecard, trends, stages, and the segment's reviews."""
+    from serviceloop import glossary, quality
+    from serviceloop.reviews import CLOSED
+
+    team, grain = data["team"], data["grain"]
+    names = dict(data["teams"])
+    segment = names.get(team, team) if team else "Organisation"
+
+    def option(value: str, label: str, chosen: bool) -> str:
+        return f'<option value="{e(value)}"{" selected" if chosen else ""}>{e(label)}</option>'
+
+    segments = option("organisation", "Organisation", team is None) + "".join(
+        option(t, name, t == team) for t, name in data["teams"]
+    )
+    grains = "".join(option(g, g, g == grain) for g in quality.GRAINS)
+    starts = "".join(option(str(s), str(s), s == data["start"]) for s in data["starts"])
+    form = (
+        '<form class="pick" method="get" action="quality">'
+        f'<label>segment <select name="segment" id="segment">{segments}</select></label>'
+        f'<label>period <select name="period" id="period">{grains}</select></label>'
+        f'<label>starting <select name="start" id="start">{starts}</select></label>'
+        '<button type="submit" id="show">Show</button></form>'
+    )
+    scope = f"?{urlencode({'team': team})}" if team else ""
+    meta = (
+        f'<span id="segment-name">{e(segment)}</span>, {e(grain)} {e(data["start"])} to {e(data["end"])}; '
+        f"data through {e(data['last_day'])}. From the KPI marts, read as the read-only analyst role."
+    )
+    charts = "".join(
+        quality.svg_trend(m, data["trend"]["periods"], data["trend"][m], data["targets"].get(m), "en")
+        for m in quality.HEADLINE
+    )
+    open_reviews = [r for r in reviews if r["status"] not in CLOSED]
+    improvement = (
+        f"<p>5. continuous improvement: {len(open_reviews)} open improvement reviews, "
+        f"{sum(r['status'] == 'verified' for r in reviews)} verified.</p>"
+    )
+    links = "".join(
+        f'<li><a href="reviews/{_review_href(r["review_id"])}">{e(r["review_id"])}</a> {status_badge(r["status"])} '
+        f"{e(glossary.metric(r['metric'], 'en'))}, detected {e(r['detected_on'])}"
+        + (
+            f' &middot; <a href="reviews/{_review_href(r["review_id"], "/report")}" target="_blank" rel="noopener">'
+            "drift report</a>"
+            if r["report_path"]
+            else ""
+        )
+        + "</li>"
+        for r in sorted(reviews, key=lambda r: (r["status"] in CLOSED, -r["detected_on"].toordinal()))
+    )
+    body = [
+        f'<nav><a href="reviews{scope}">Improvement reviews</a></nav>',
+        f"<h1>{e(QUALITY_TITLE)}</h1>",
+        form,
+        f'<p class="meta">{meta}</p>',
+        '<h2 id="scorecard">Scorecard against the targets</h2>',
+        quality.scorecard_table(data["scorecard"], "en"),
+        f'<h2 id="trends">Trends, last {quality.TREND_LENGTH[grain]} {e(grain)}s (target dashed)</h2>',
+        f'<div class="charts">{charts}</div>',
+        '<h2 id="stages">Where the cycle time goes, stage by stage</h2>',
+        quality.stage_table(data["stages"], "en") if data["stages"] else "<p>No tickets closed in this period.</p>",
+        improvement,
+        '<h2 id="links">Reviews and drift reports</h2>',
+        f"<ul>{links}</ul>" if links else "<p>No improvement reviews.</p>",
+        f'<p><a href="reviews{scope}">All improvement reviews{e(" of " + segment) if team else ""}</a></p>',
+    ]
+    return page(QUALITY_TITLE, "".join(body))
+
+
+def quality_page(analyst_conn, conn, team: str | None, grain: str, start: dt.date | None) -> str:
+    """The whole page: the marts as the analyst, the segment's reviews from the warehouse."""
+    from serviceloop import reviews
+
+    data = quality_data(analyst_conn, team, grain, start)
+    return render_quality(data, reviews.list_reviews(conn, None, team))
+
+
+def analyst_connect():
+    """A connection as the read-only analyst role (``serviceloop.roles``)."""
+    import psycopg2
+
+    from serviceloop import roles, warehouse
+
+    dsn = roles.analyst_url(warehouse.url())
+    password = os.environ.get(roles.ANALYST_PASSWORD_ENV)
+    return psycopg2.connect(dsn, **({"password": password} if password else {}))
+
+
 def report_file(report_path: str | None, reports_root: Path) -> Path | None:
     """The report's file if it is an HTML file inside ``reports_root``, else None."""
     if not report_path:
@@ -287,6 +416,7 @@ def _team_language(conn, team: str) -> str:
 
 def create_app():
     """The FastAPI app the API server mounts at ``URL_PREFIX``."""
+    import psycopg2
     from airflow.api_fastapi.app import get_auth_manager
     from airflow.api_fastapi.auth.managers.models.resource_details import AccessView
     from airflow.api_fastapi.core_api.security import requires_access_view
@@ -351,6 +481,19 @@ def create_app():
             # A review exists only once the drift monitor has evaluated a day.
             today, language = reviews.data_today(conn) or review["detected_on"], _team_language(conn, review["segment"])
         return _html(render_review(review, today, language))
+
+    @app.get("/quality", response_class=HTMLResponse)
+    def quality_view(segment: str = "organisation", period: str = "week", start: dt.date | None = None) -> HTMLResponse:
+        from serviceloop.quality import QualityError
+
+        team = None if segment == "organisation" else segment
+        try:
+            with contextlib.closing(analyst_connect()) as analyst, _connect() as conn:
+                return _html(quality_page(analyst, conn, team, period, start))
+        except QualityError as exc:
+            raise HTTPException(404, str(exc)) from None
+        except psycopg2.OperationalError as exc:
+            raise HTTPException(503, f"the warehouse cannot be reached as the analyst: {exc}") from None
 
     @app.get("/reviews/{review_id}/report")
     def review_report(review_id: str) -> FileResponse:
