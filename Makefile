@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 export XDG_RUNTIME_DIR ?= /tmp
 
 .DEFAULT_GOAL := help
-.PHONY: help install browser run test lint up down clean warehouse-start warehouse-stop format bench
+.PHONY: help install browser run test lint up down clean warehouse-start warehouse-stop format bench evaluate-detection
 
 help: ## list the commands
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -42,6 +42,9 @@ test: $(STAMP) lint browser ## lint, then the whole test suite (what CI runs)
 
 bench: $(STAMP) ## each stage beside its bare anchor at 10k, 100k, 1M tickets -> bench/results.json (1M: over an hour)
 	$(BIN)/serviceloop bench
+
+evaluate-detection: $(STAMP) ## drift monitor vs a z-score baseline on simulated scenarios -> bench/detection.json (~10 min)
+	$(BIN)/serviceloop evaluate-detection
 
 lint: $(STAMP) ## ruff (with Airflow's AIR rules) and sqlfluff
 	$(BIN)/ruff check plugins dags tests

@@ -100,6 +100,14 @@ def test_drift_and_the_daily_interval_measure_the_whole_work(results):
     assert math.isclose(day["anchor_seconds"], sum(day["bare"].values()))
 
 
+def test_the_service_quality_page_is_timed_on_each_of_its_views(results):
+    data, _ = results
+    dashboard = data["sizes"][str(SIZE)]["dashboard"]
+    views = dashboard["views_ms"]
+    assert len(views) == 4 and {"organisation/week", "organisation/month"} <= set(views)
+    assert all(_positive(ms) for ms in views.values()) and dashboard["ms"] == max(views.values())
+
+
 def test_results_say_where_and_on_what_they_were_measured(results):
     data, _ = results
     m = data["sizes"][str(SIZE)]

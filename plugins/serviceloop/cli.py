@@ -152,10 +152,61 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_evaluate_detection(args) -> int:
+    from pathlib import Path
+
+    from serviceloop import detection_eval
+    from serviceloop.settings import REPO_ROOT
+
+    output = Path(args.output) if args.output else REPO_ROOT / "bench" / "detection.json"
+    return detection_eval.main(args.seeds, output)
+
+
 def cmd_reviews(args) -> int:
     from serviceloop import review_cli
 
     return review_cli.run(args)
+
+
+def cmd_quarantine(args) -> int:
+    from serviceloop import quarantine
+
+    return quarantine.run(args)
+
+
+def cmd_report(args) -> int:
+    from serviceloop import report
+
+    return report.run(args)
+
+
+def cmd_sources(args) -> int:
+    """Validate the sources file and list what it declares."""
+    from pathlib import Path
+
+    from serviceloop.sources import SourcesConfigError, load_sources
+
+    try:
+        sources = load_sources(Path(args.file) if args.file else None)
+    except SourcesConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    for s in sources.values():
+        where = s.connection.describe() if s.connection else f"drops/{s.folder}"
+        state = "" if s.enabled else "  (disabled)"
+        print(f"{s.name}: {s.kind} from {where}, schedule {s.schedule!r}, overlap {s.overlap}{state}")
+        for name, m in s.mappings.items():
+            place = m.table or m.endpoint or f"{s.prefix}_YYYYMMDD.<{'|'.join(s.formats)}>"
+            print(f"  {s.name}__{name} <- {place}")
+    return 0
+
+
+def cmd_survey_api(args) -> int:
+    from serviceloop import simulated_api
+
+    simulated_api.serve(days=args.days, tickets_per_day=args.tickets_per_day, seed=args.seed, port=args.port,
+                        token=os.environ.get("SERVICELOOP_SURVEY_API_TOKEN"))  # fmt: skip
+    return 0
 
 
 def cmd_passthrough(tool: str, argv: list[str]) -> int:
@@ -211,11 +262,41 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_bench)
 
+    p = sub.add_parser(
+        "evaluate-detection", help="recall, precision, delay of the drift monitor and a z-score baseline on scenarios"
+    )
+    p.add_argument("--seeds", type=int, default=3, help="evaluation seeds 1..N (default 3)")
+    p.add_argument("--output", help="results file (default: bench/detection.json)")
+    p.set_defaults(func=cmd_evaluate_detection)
+
     p = sub.add_parser("reviews", help="improvement reviews: list, show, and act on them")
     from serviceloop.review_cli import add_arguments
 
     add_arguments(p)
     p.set_defaults(func=cmd_reviews)
+
+    p = sub.add_parser("quarantine", help="rows validation kept out of raw: list them, replay them after a fix")
+    from serviceloop.quarantine import add_arguments as quarantine_arguments
+
+    quarantine_arguments(p)
+    p.set_defaults(func=cmd_quarantine)
+
+    p = sub.add_parser("report", help="the weekly service quality report per owner: render it, or --send it")
+    from serviceloop.report import add_arguments as report_arguments
+
+    report_arguments(p)
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("sources", help="validate sources.yml and list the sources and entities it declares")
+    p.add_argument("--file", help="the sources file (default: SERVICELOOP_SOURCES_FILE or sources.yml)")
+    p.set_defaults(func=cmd_sources)
+
+    p = sub.add_parser("survey-api", help="serve the simulated survey tool's REST API on loopback")
+    p.add_argument("--port", type=int, default=8765)
+    p.add_argument("--days", type=int, default=120)
+    p.add_argument("--tickets-per-day", type=int, default=200)
+    p.add_argument("--seed", type=int, default=7)
+    p.set_defaults(func=cmd_survey_api)
 
     sub.add_parser("airflow", help="run an airflow command in the project's environment", add_help=False)
     sub.add_parser("dbt", help="run a dbt command against the warehouse", add_help=False)

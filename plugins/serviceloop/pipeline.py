@@ -127,8 +127,20 @@ def run(options: RunOptions) -> int:
     if options.simulate:
         with step("simulated manager: act on the reviews the scenario's fix answers, then measure the effect"):
             manager_actions = act_as_simulated_manager(end)
+    with step("weekly report: the organisation's service quality report of the last whole week (a sample)"):
+        sample_report()
     print_summary(end, manager_actions)
     return 0
+
+
+def sample_report() -> None:
+    """The organisation's weekly report as HTML and, with Chromium, a PNG screenshot (not sent)."""
+    from serviceloop import report
+
+    with warehouse.connect() as conn:
+        _html, _png, note = report.sample(conn, paths().reports)
+    if note:
+        console.print(f"[yellow]note[/yellow] no PNG of the sample report: {note}")
 
 
 def act_as_simulated_manager(end: dt.datetime) -> list[str]:
@@ -153,7 +165,7 @@ def summary(end: dt.datetime) -> dict:
         for source in SOURCES.values():
             for entity in source.entities:
                 cur.execute(
-                    "select rows_read, rows_loaded, rows_quarantined from ops.batches where batch_id = %s",
+                    "select rows_read, rows_loaded, rows_quarantined, data_docs from ops.batches where batch_id = %s",
                     (batch_id(source.name, entity.name, end),),
                 )
                 row = cur.fetchone()
@@ -167,7 +179,9 @@ def summary(end: dt.datetime) -> dict:
                         (batch_id(source.name, entity.name, end),),
                     )
                     reasons = ", ".join(f"{rule} {n}" for rule, n in cur.fetchall())
-                    out["batches"].append((source.name, entity.name, *row, reasons))
+                    out["batches"].append((source.name, entity.name, *row[:3], reasons))
+                    if row[3]:
+                        out.setdefault("data_docs", []).append((source.name, entity.name, row[3]))
         cur.execute("select count(*) from marts.kpi_daily")
         out["kpi_rows"] = cur.fetchone()[0]
         cur.execute("select count(*), count(*) filter (where is_finding) from monitoring.drift_findings")
@@ -211,6 +225,10 @@ def print_summary(end: dt.datetime | None = None, manager_actions: list[str] | N
     for source, entity, read, loaded, quarantined, reasons in s["batches"]:
         table.add_row(source, entity, str(read), str(loaded), str(quarantined), reasons)
     console.print(table)
+    if s.get("data_docs"):
+        console.print(f"Validation results (Great Expectations Data Docs): {paths().data_docs / 'index.html'}")
+        for source, entity, page in s["data_docs"]:
+            console.print(f"  {source}__{entity}: {page}")
     console.print(f"KPI rows built (marts.kpi_daily, day x team x channel x priority): {s['kpi_rows']}")
     console.print(f"Drift evaluations (team x metric x day): {s['evaluations']}, of them findings: {s['finding_days']}")
     reviews = Table(title="Improvement reviews (one per team and metric)")
@@ -254,3 +272,10 @@ def print_summary(end: dt.datetime | None = None, manager_actions: list[str] | N
     docs = p.reports / "dbt-docs" / "static_index.html"
     if docs.exists():
         console.print(f"  open {docs}   dbt docs: models, columns, KPI definitions")
+    samples = sorted((p.reports / "quality").glob("*/organisation.html"))
+    if samples:
+        shot = samples[-1].with_suffix(".png")
+        console.print(
+            f"  open {samples[-1]}   weekly service quality report (organisation, sample)"
+            + (f"\n  open {shot}   its screenshot" if shot.exists() else "")
+        )
