@@ -12,8 +12,9 @@
     window, a rerun of an interval) rebuilds nothing. With ticket_state=true (fct_tickets)
     also the tickets still open, since whether an open ticket has breached its SLA depends
     on the moment the data is known through (macros/as_of_timestamp.sql), and the tickets
-    of a rebuilt ticket's customer (returning customer and churn proxy look at the
-    customer's other tickets). The watermark is the data's own load time, not the clock,
+    of the customers whose sequence of tickets changed (returning customer and churn proxy
+    look at the customer's tickets before and after: a new ticket, or one moved to another
+    customer or creation time, changes its neighbours; a status change does not). The watermark is the data's own load time, not the clock,
     so a second run without new data rebuilds nothing but the open tickets, identically.
     Staging's loaded_at is indexed: finding the changed tickets reads only them.
 -#}
@@ -54,15 +55,39 @@
 
         ),
 
+        -- The customers whose sequence of tickets changed: a new ticket, or one that moved
+        -- to another customer or another creation time (old and new customer both).
+        moved_customers as (
+
+            select changed.customer_id
+            from {{ ref('stg_helpdesk__tickets') }} as changed
+            left join {{ this }} as built
+                on changed.ticket_id = built.ticket_id
+            where
+                changed.ticket_id in (select loaded.ticket_id from loaded)
+                and (
+                    built.ticket_id is null
+                    or built.customer_id is distinct from changed.customer_id
+                    or built.created_at is distinct from changed.created_at
+                )
+
+            union
+
+            select built.customer_id
+            from {{ this }} as built
+            inner join {{ ref('stg_helpdesk__tickets') }} as changed
+                on built.ticket_id = changed.ticket_id
+            where
+                built.ticket_id in (select loaded.ticket_id from loaded)
+                and built.customer_id is distinct from changed.customer_id
+
+        ),
+
         same_customer as (
 
             select same.ticket_id
             from {{ ref('stg_helpdesk__tickets') }} as same
-            where same.customer_id in (
-                select changed.customer_id
-                from {{ ref('stg_helpdesk__tickets') }} as changed
-                where changed.ticket_id in (select loaded.ticket_id from loaded)
-            )
+            where same.customer_id in (select moved_customers.customer_id from moved_customers)
 
         ){% endif %}
 

@@ -25,9 +25,11 @@ tickets as (
 
 ),
 
-all_tickets as (
+-- Every ticket of the rebuilt tickets' customers (their neighbours in time).
+customers_tickets as (
 
     select * from {{ ref('stg_helpdesk__tickets') }}
+    where customer_id in (select tickets.customer_id from tickets)
 
 ),
 
@@ -130,7 +132,7 @@ customer_history as (
             partition by customer_id
             order by created_at asc, ticket_id asc
         ) as next_ticket_at
-    from all_tickets
+    from customers_tickets
 
 ),
 
