@@ -306,7 +306,7 @@ def rule_predicate(rule) -> str:
             raise ValueError(f"rule {rule.rule}: no SQL form for strftime format {kw['strftime_format']!r}")
         return f"{col} !~ {_quote(_ISO_TIMESTAMP_RE)}"
     if rule.type == "expect_column_values_to_be_castable":
-        castable = f"pg_input_is_valid({col}, {_quote(kw['type_name'])})"
+        castable = f"ops.input_is_valid({col}, {_quote(kw['type_name'])})"
         if kw.get("regex"):
             castable = f"{col} ~ {_quote(kw['regex'])} and {castable}"
         return f"not ({castable})"

@@ -222,7 +222,7 @@ def _custom_expectations() -> dict:
 
         @column_condition_partial(engine=SqlAlchemyExecutionEngine)
         def _sqlalchemy(cls, column, type_name, regex, **kwargs):
-            castable = sa.func.pg_input_is_valid(column, sa.literal(type_name))
+            castable = sa.func.ops.input_is_valid(column, sa.literal(type_name))
             return sa.and_(column.regexp_match(regex), castable) if regex else castable
 
     class ExpectColumnValuesToBeCastable(ColumnMapExpectation):
