@@ -41,11 +41,9 @@ import pandas as pd
 
 from serviceloop import schema
 from serviceloop.contract import ENTITIES, Entity
-from serviceloop.extract import ContractError
+from serviceloop.extract import ORIGIN, PARSE_ERROR, ContractError
 from serviceloop.sources import SOURCES, raw_table
 from serviceloop.validation import (
-    ORIGIN,
-    PARSE_ERROR,
     PARSE_ERROR_RULE,
     ROW_NUMBER,
     UNEXPECTED_ROWS,

@@ -49,9 +49,7 @@ log = logging.getLogger(__name__)
 SEVERITIES = ("error", "warning", "hold")
 UNEXPECTED_ROWS = "unexpected_rows_expectation"
 ROW_NUMBER = "_row_number"
-# What a reader may add to the contract's columns (see ``serviceloop.extract``).
-ORIGIN = "_origin"
-PARSE_ERROR = "_parse_error"
+# The rule a row gets when its reader could not parse it (``serviceloop.extract.PARSE_ERROR``).
 PARSE_ERROR_RULE = "parse_error"
 CLOCK_SKEW_ENV = "SERVICELOOP_CLOCK_SKEW"
 KEEP_RESULTS = 50  # validation results per suite listed in the Data Docs index
