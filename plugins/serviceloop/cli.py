@@ -241,8 +241,8 @@ def cmd_import(args) -> int:
                 )
                 kept_out += cur.fetchall()
     print(
-        f"{result.location}: {result.rows} rows, {result.incidents} incidents, {result.rows_kept_out} rows outside"
-        f" ServiceNow's vocabulary (sha256 {result.checksum[:12]})"
+        f"{result.location}: {result.rows} rows, {result.incidents} incidents, {result.rows_kept_out} rows kept out"
+        f" (outside ServiceNow's vocabulary, or unreadable; sha256 {result.checksum[:12]})"
     )
     if result.imported_before:
         print("  imported before: its batches were replaced, nothing is loaded twice")

@@ -86,9 +86,10 @@ date-times, counts, booleans) or cannot be parsed is kept out of both: it is yie
 when they are not display values), ``sysparm_display_value=all`` (codes and UTC date-times
 from ``value``, group and people names from ``display_value``),
 ``sysparm_exclude_reference_link=true``, and ``sysparm_limit``/``sysparm_offset`` paging until
-the offset reaches ``X-Total-Count``: ServiceNow may return fewer rows than the limit while
-more follow (rows the integration user may not read are left out after the limit is taken),
-so a short page does not end the read. Auth, timeouts, retries and ``Retry-After`` are
+the offset reaches ``X-Total-Count`` (without it, until the ``Link`` header has no ``next``):
+ServiceNow may return fewer rows than the limit while more follow (rows the integration user
+may not read are left out after the limit is taken), so a short page does not end the read,
+and the offset moves by the limit, not by the rows returned. Auth, timeouts, retries and ``Retry-After`` are
 ``serviceloop.rest``'s.
 """
 
@@ -733,10 +734,15 @@ def read_table_api(source, entity_name: str, window_start, window_end, connectio
                 rows.append((values, origin, f"{origin}: " + "; ".join(reasons) if reasons else None))
             if rows:
                 yield from _frames(rows, "tickets")
-            offset += len(records)
-            if not records or (total is not None and total.isdigit() and offset >= int(total)):
-                return
-            if total is None and len(records) < source.page_size:
+            # The offset counts the query's rows before ACLs take theirs out: a page may be short.
+            offset += source.page_size
+            if total is not None and total.isdigit():
+                if offset >= int(total):
+                    return
+            elif "Link" in headers:
+                if 'rel="next"' not in headers["Link"]:
+                    return
+            elif len(records) < source.page_size:
                 return
     finally:
         client.close()
