@@ -208,7 +208,7 @@ def cmd_sources(args) -> int:
         if s.kind == "servicenow_csv":
             print(f"{s.name}: {s.kind}, loaded by `serviceloop import servicenow-csv PATH`{state}")
         else:
-            where = s.connection.describe() if s.connection else f"drops/{s.folder}"
+            where = s.connection.describe() if s.connection else s.folder if "://" in s.folder else f"drops/{s.folder}"
             print(f"{s.name}: {s.kind} from {where}, schedule {s.schedule!r}, overlap {s.overlap}{state}")
         for name, m in s.mappings.items():
             if s.kind == "servicenow":

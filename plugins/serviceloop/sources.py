@@ -55,6 +55,8 @@ ENDPOINT = re.compile(r"/[A-Za-z0-9_\-./~]*")
 DURATION = re.compile(r"(\d+)\s*([smhd])")
 CRON = re.compile(r"@(hourly|daily|weekly|monthly|yearly)|(\S+\s+){4}\S+")
 UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+# A drop's folder: a name under the state folder's drops/, or an fsspec URL (protocol://path).
+DROP_FOLDER = re.compile(r"[A-Za-z0-9_\-.]+|[a-z][a-z0-9+.\-]*://[^\s]*")
 
 
 class SourcesConfigError(ValueError):
@@ -157,7 +159,8 @@ class SqlSource(_Source):
 class FileDropSource(_Source):
     """A folder a tool exports files into, one file per day (``<prefix>_YYYYMMDD.<format>``).
 
-    ``folder`` is relative to the state folder's ``drops/``; ``formats`` are the suffixes read (a
+    ``folder`` is relative to the state folder's ``drops/``, or an fsspec URL (``s3://bucket/x``,
+    ``memory://drops``, ``file:///srv/drops``) read with fsspec; ``formats`` are the suffixes read (a
     subset of ``DROP_FORMATS``); a file changed less than ``settle`` ago may still be being
     written and is checked again before it is read.
     """
@@ -176,11 +179,12 @@ class FileDropSource(_Source):
         """The records of the drop's daily files in the window; the manifest lives in ``warehouse``'s transaction."""
         from serviceloop.extract import DropManifest, read_drop
 
-        if drop_root is None:
+        if drop_root is None and "://" not in self.folder:
             raise ValueError(f"source {self.name} is a file drop: give its folder")
         manifest = DropManifest(warehouse, self.name, batch_id) if warehouse is not None else None
+        folder = self.folder if "://" in self.folder else Path(drop_root) / self.folder
         return read_drop(
-            Path(drop_root) / self.folder, self.prefix, ENTITIES[entity_name], window_start, window_end,
+            folder, self.prefix, ENTITIES[entity_name], window_start, window_end,
             formats=self.formats, settle=self.settle, manifest=manifest,
         )  # fmt: skip
 
@@ -450,7 +454,7 @@ def _source(check: _Checker, name: str, spec: Any, key: str) -> Source:
         return FileDropSource(
             **common,
             folder=check.text(
-                spec.get("folder", name), f"{key}.folder", re.compile(r"[A-Za-z0-9_\-.]+"), "a folder name"
+                spec.get("folder", name), f"{key}.folder", DROP_FOLDER, "a folder name or an fsspec URL (s3://bucket/x)"
             ),
             prefix=check.identifier(spec.get("prefix", name), f"{key}.prefix"),
             formats=tuple(formats),
