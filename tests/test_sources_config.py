@@ -194,7 +194,11 @@ def test_a_full_file_is_read_with_every_setting(tmp_path):
         (("auth: bearer", "auth: none"), "sources.snow.auth", "expected basic or bearer"),
         (("table: incident", "table: 'incident^x'"), "sources.snow.table", "is not a safe SQL identifier"),
         (("STARTSWITHService", "STARTSWITHService^ORDERBYnumber"), "sources.snow.query", "ORDERBY and ^NQ"),
-        (("tech_support}}", "tech_support}}\n      surveys: {}"), "sources.snow.entities.surveys", "gives tickets only"),
+        (
+            ("tech_support}}", "tech_support}}\n      surveys: {}"),
+            "sources.snow.entities.surveys",
+            "gives tickets only",
+        ),
         (("timezone: Europe/Berlin", "timezone: Mars/Olympus"), "sources.snow_export.timezone", "IANA time zone"),
         (("date_order: mdy", "date_order: dd/mm"), "sources.snow_export.date_order", "one of dmy, mdy, ymd"),
         (("date_order: mdy", "connection: {env: X}"), "sources.snow_export.connection", "no connection"),

@@ -171,10 +171,16 @@ def summary(end: dt.datetime) -> dict:
     with warehouse.connect() as conn, conn.cursor() as cur:
         for source in SOURCES.values():
             for entity in source.entities:
+                # The interval's batch; an import's batch is named by its file, its interval ends at its last update.
                 cur.execute(
-                    "select rows_read, rows_loaded, rows_quarantined, data_docs from ops.batches where batch_id = %s",
-                    (batch_id(source.name, entity.name, end),),
-                )
+                    """
+                    select rows_read, rows_loaded, rows_quarantined, data_docs, batch_id from ops.batches
+                    where batch_id = %s or (source = %s and entity = %s and interval_end = %s)
+                    order by batch_id = %s desc, loaded_at desc limit 1
+                    """,
+                    (batch_id(source.name, entity.name, end), source.name, entity.name, end,
+                     batch_id(source.name, entity.name, end)),
+                )  # fmt: skip
                 row = cur.fetchone()
                 if row:
                     cur.execute(
@@ -183,7 +189,7 @@ def summary(end: dt.datetime) -> dict:
                             unnest(failed_rules) as rule
                         where batch_id = %s group by rule order by count(*) desc, rule
                         """,
-                        (batch_id(source.name, entity.name, end),),
+                        (row[4],),
                     )
                     reasons = ", ".join(f"{rule} {n}" for rule, n in cur.fetchall())
                     out["batches"].append((source.name, entity.name, *row[:3], reasons))
