@@ -112,10 +112,10 @@ def _dbt(url: str, target: Path, *args: str) -> str:
 
 def _ingest(url: str, helpdesk_url: str, drops: Path, end: dt.datetime) -> None:
     from serviceloop.ingest import ingest_batch
-    from serviceloop.sources import SOURCES
+    from serviceloop.sources import SCHEDULED
 
     with contextlib.closing(psycopg2.connect(url)) as conn:
-        for source in SOURCES.values():
+        for source in SCHEDULED.values():
             for entity in source.entities:
                 ingest_batch(
                     conn, source.name, entity.name, end - dt.timedelta(days=1), end,

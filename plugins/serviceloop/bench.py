@@ -161,7 +161,7 @@ def _ingest(params: dict) -> dict:
     """
     from serviceloop import ingest, warehouse
     from serviceloop.settings import HELPDESK_DB, paths
-    from serviceloop.sources import SOURCES
+    from serviceloop.sources import SCHEDULED
 
     spent = {"validation": 0.0}
     build_validator = ingest.validator
@@ -176,7 +176,7 @@ def _ingest(params: dict) -> dict:
     ingest.validator = timed_validator
     start, end = dt.datetime.fromisoformat(params["start"]), dt.datetime.fromisoformat(params["end"])
     out = {}
-    for source in SOURCES.values():
+    for source in SCHEDULED.values():
         for entity in source.entities:
             spent["validation"] = 0.0
             started = time.perf_counter()

@@ -292,19 +292,77 @@ CHUNK_CHARS = 64 * 1024 * 1024
 SNIPPET = 200
 
 
+@dataclass(frozen=True)
+class RemoteFile:
+    """A file of an fsspec filesystem (``memory://``, ``s3://``, ``file://`` ...), as a drop reads a ``Path``."""
+
+    fs: Any
+    path: str
+
+    @property
+    def name(self) -> str:
+        return self.path.rstrip("/").rsplit("/", 1)[-1]
+
+    @property
+    def suffix(self) -> str:
+        return Path(self.name).suffix
+
+    def open(self, mode: str = "rb"):
+        return self.fs.open(self.path, mode)
+
+    def is_file(self) -> bool:
+        return self.fs.isfile(self.path)
+
+    def stat(self):
+        """Size and modification time (ns; None when the filesystem keeps none) as ``os.stat`` names them."""
+        info = self.fs.info(self.path)
+        when = info.get("mtime", info.get("LastModified", info.get("created")))
+        if isinstance(when, dt.datetime):
+            when = when.timestamp()
+        return _Stat(info.get("size"), None if when is None else int(float(when) * 1e9))
+
+    def __lt__(self, other: RemoteFile) -> bool:
+        return self.path < other.path
+
+
+@dataclass(frozen=True)
+class _Stat:
+    st_size: int | None
+    st_mtime_ns: int | None
+
+
+def is_url(folder) -> bool:
+    """A drop folder given as an fsspec URL (``memory://drops``, ``s3://bucket/exports``), not a local path."""
+    return isinstance(folder, str) and "://" in folder
+
+
+def _drop_entries(folder: Path | str, prefix: str) -> list:
+    """The files of a drop folder whose name starts with the prefix: Paths, or RemoteFiles for a URL."""
+    if not is_url(folder):
+        return sorted(Path(folder).glob(f"{prefix}_*"))
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(folder)
+    return sorted(RemoteFile(fs, p) for p in fs.glob(f"{root.rstrip('/')}/{glob_escape(prefix)}_*"))
+
+
+def glob_escape(text: str) -> str:
+    return re.sub(r"([*?\[\]])", r"[\1]", text)
+
+
 def drop_files(
-    folder: Path,
+    folder: Path | str,
     prefix: str,
     window_start: dt.datetime | None,
     window_end: dt.datetime,
     *,
     formats: tuple[str, ...] = DROP_FORMATS,
     settle: dt.timedelta = DROP_SETTLE,
-) -> list[Path]:
-    """The complete daily files of a drop whose day lies in the window, oldest first."""
+) -> list:
+    """The complete daily files of a drop (a local folder or an fsspec URL) whose day lies in the window, oldest first."""
     pattern = re.compile(rf"{re.escape(prefix)}_(\d{{8}})\.({'|'.join(map(re.escape, formats))})")
     chosen = []
-    for path in sorted(folder.glob(f"{prefix}_*")):
+    for path in _drop_entries(folder, prefix):
         m = pattern.fullmatch(path.name)
         if not m or not path.is_file():
             continue
@@ -315,15 +373,19 @@ def drop_files(
     return _settled(chosen, settle)
 
 
-def _settled(paths: list[Path], settle: dt.timedelta) -> list[Path]:
-    """The files not being written: unchanged for ``settle``, waiting (once, at most that long) for the young ones."""
+def _settled(paths: list, settle: dt.timedelta) -> list:
+    """The files not being written: unchanged for ``settle``, waiting (once, at most that long) for the young ones.
+
+    A file whose filesystem keeps no modification time counts as young: it is looked at again
+    after ``settle`` and left for a later batch if its size moved meanwhile.
+    """
     seen = {p: _stat(p) for p in paths}
     wait = settle.total_seconds()
     now = time.time()
-    young = [p for p, st in seen.items() if st is None or now - st[1] / 1e9 < wait]
+    young = [p for p, st in seen.items() if st is None or st[1] is None or now - st[1] / 1e9 < wait]
     if young:
         # An mtime in the future (a writer's clock ahead of ours) waits no longer than settle.
-        newest = max((seen[p][1] / 1e9 for p in young if seen[p] is not None), default=now)
+        newest = max((seen[p][1] / 1e9 for p in young if seen[p] is not None and seen[p][1] is not None), default=now)
         time.sleep(min(wait, max(0.0, newest + wait - now)))
     out = []
     for p in paths:
@@ -334,7 +396,7 @@ def _settled(paths: list[Path], settle: dt.timedelta) -> list[Path]:
     return out
 
 
-def _stat(path: Path) -> tuple[int, int] | None:
+def _stat(path) -> tuple[int, int | None] | None:
     """Size and mtime (ns) of a file, None if it is gone."""
     try:
         st = path.stat()
@@ -419,7 +481,7 @@ class FileReport:
 
 
 def read_drop(
-    folder: Path,
+    folder: Path | str,
     prefix: str,
     entity: Entity,
     window_start: dt.datetime | None,
@@ -458,9 +520,9 @@ def read_drop(
 
 
 def read_drop_file(
-    path: Path, entity: Entity, report: FileReport | None = None, *, chunk_rows: int = CHUNK_ROWS
+    path: Path | RemoteFile, entity: Entity, report: FileReport | None = None, *, chunk_rows: int = CHUNK_ROWS
 ) -> Iterator[pd.DataFrame]:
-    """One drop file as canonical chunks; the format is the file's suffix."""
+    """One drop file (a ``Path`` or a ``RemoteFile``) as canonical chunks; the format is the file's suffix."""
     report = report if report is not None else FileReport()
     fmt = path.suffix.lstrip(".").lower()
     if fmt == "parquet":
@@ -770,7 +832,7 @@ def _read_parquet(path: Path, entity: Entity, report: FileReport, chunk_rows: in
     import pyarrow.parquet as pq
 
     try:
-        pf = pq.ParquetFile(path)
+        pf = pq.ParquetFile(path if isinstance(path, Path) else path.open("rb"))
     except (pa.ArrowException, OSError) as exc:
         raise ContractError(f"file {path.name}: not a readable Parquet file ({exc})") from None
     columns = list(pf.schema_arrow.names)

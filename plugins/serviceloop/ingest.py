@@ -430,8 +430,12 @@ def ingest_batch(
     *,
     source_dsn: str | None = None,
     drop_root: Path | None = None,
+    batch_key: str | None = None,
 ) -> BatchResult:
     """Extract, validate and load one batch inside the caller's transaction on ``conn``.
+
+    ``batch_key`` names a batch that is not an interval's (an import, by its file's checksum):
+    loading the same key again replaces that batch, as a rerun of an interval does.
 
     The landing table is created and filled on a second connection (committed, so GX sees
     it) and dropped in ``conn``'s transaction; if that rolls back, the next run of the batch
@@ -440,7 +444,7 @@ def ingest_batch(
     source = SOURCES[source_name]
     entity = ENTITIES[entity_name]
     table = raw_table(source_name, entity_name)
-    bid = batch_id(source_name, entity_name, interval_end)
+    bid = batch_id(source_name, entity_name, interval_end) if batch_key is None else f"{table}__{batch_key}"
     landing = landing_table(table, bid)
     with side_connection(conn) as side:
         # The schema is committed on its own: GX's connection reads the tables it creates.
@@ -461,8 +465,9 @@ def ingest_batch(
         try:
             chunks = _chunks(conn, source, entity_name, bid, window_start, interval_end, source_dsn, drop_root)
             result.rows_read = stage(side, landing, entity, chunks)
-            with side.cursor() as cur:
-                check_batch_health(cur, source_name, entity_name, bid, interval_end, result.rows_read, landing)
+            if getattr(source, "checks_batch_health", True):
+                with side.cursor() as cur:
+                    check_batch_health(cur, source_name, entity_name, bid, interval_end, result.rows_read, landing)
             side.commit()
             verdict = Verdict()
             if result.rows_read:

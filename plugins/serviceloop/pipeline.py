@@ -34,6 +34,8 @@ class RunOptions:
     tickets_per_day: int = 200
     scenarios: tuple[str, ...] = ()
     simulate: bool = True
+    # The DAGs to run; after `serviceloop import`, transform and drift alone work on what it loaded.
+    stages: tuple[str, ...] = ("ingest", "transform", "drift")
 
 
 @contextmanager
@@ -113,12 +115,17 @@ def run(options: RunOptions) -> int:
     if options.simulate:
         with step(f"simulate {options.days} days of a service organisation (seed {options.seed})"):
             simulate(options)
+    if "ingest" not in options.stages:
+        # The data is what is loaded already (an import, an earlier run): as of its last batch.
+        end = latest_interval_end() or end
     logical_date = end.isoformat()
-    for dag_id, label in (
-        ("serviceloop_ingest", "ingest: extract, validate (Great Expectations), load raw and quarantine"),
-        ("serviceloop_transform", "transform: dbt models and tests through Cosmos"),
-        ("serviceloop_drift", "drift: Evidently per team and day, reviews, alerts"),
+    for stage, dag_id, label in (
+        ("ingest", "serviceloop_ingest", "ingest: extract, validate (Great Expectations), load raw and quarantine"),
+        ("transform", "serviceloop_transform", "transform: dbt models and tests through Cosmos"),
+        ("drift", "serviceloop_drift", "drift: Evidently per team and day, reviews, alerts"),
     ):
+        if stage not in options.stages:
+            continue
         with step(f"{dag_id} - {label}"):
             airflow_env.dags_test(dag_id, logical_date, log_path)
     with step("dbt docs: every model, column and KPI definition as one HTML page"):
@@ -164,10 +171,16 @@ def summary(end: dt.datetime) -> dict:
     with warehouse.connect() as conn, conn.cursor() as cur:
         for source in SOURCES.values():
             for entity in source.entities:
+                # The interval's batch; an import's batch is named by its file, its interval ends at its last update.
                 cur.execute(
-                    "select rows_read, rows_loaded, rows_quarantined, data_docs from ops.batches where batch_id = %s",
-                    (batch_id(source.name, entity.name, end),),
-                )
+                    """
+                    select rows_read, rows_loaded, rows_quarantined, data_docs, batch_id from ops.batches
+                    where batch_id = %s or (source = %s and entity = %s and interval_end = %s)
+                    order by batch_id = %s desc, loaded_at desc limit 1
+                    """,
+                    (batch_id(source.name, entity.name, end), source.name, entity.name, end,
+                     batch_id(source.name, entity.name, end)),
+                )  # fmt: skip
                 row = cur.fetchone()
                 if row:
                     cur.execute(
@@ -176,7 +189,7 @@ def summary(end: dt.datetime) -> dict:
                             unnest(failed_rules) as rule
                         where batch_id = %s group by rule order by count(*) desc, rule
                         """,
-                        (batch_id(source.name, entity.name, end),),
+                        (row[4],),
                     )
                     reasons = ", ".join(f"{rule} {n}" for rule, n in cur.fetchall())
                     out["batches"].append((source.name, entity.name, *row[:3], reasons))
