@@ -174,6 +174,25 @@ def cmd_evaluate_detection(args) -> int:
     return detection_eval.main(args.seeds, output)
 
 
+def cmd_evidently_ui(args) -> int:
+    """The Evidently UI on loopback over the drift monitor's workspace (runs until stopped)."""
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    from serviceloop.settings import paths
+
+    workspace = paths().evidently_workspace
+    workspace.mkdir(parents=True, exist_ok=True)
+    executable = shutil.which("evidently", path=str(Path(sys.executable).parent)) or shutil.which("evidently")
+    if executable is None:
+        raise RuntimeError("the evidently command is not installed in this environment (pip install -e .)")
+    print(f"Evidently UI on http://127.0.0.1:{args.port} (workspace {workspace}); Ctrl-C stops it", flush=True)
+    env = {**os.environ, "DO_NOT_TRACK": "1"}
+    command = [executable, "ui", "--workspace", str(workspace), "--host", "127.0.0.1", "--port", str(args.port)]
+    return subprocess.call(command, env=env)
+
+
 def cmd_reviews(args) -> int:
     from serviceloop import review_cli
 
@@ -363,6 +382,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, default=3, help="evaluation seeds 1..N (default 3)")
     p.add_argument("--output", help="results file (default: bench/detection.json)")
     p.set_defaults(func=cmd_evaluate_detection)
+
+    p = sub.add_parser("evidently-ui", help="the Evidently UI on 127.0.0.1 over the drift snapshots of each segment")
+    p.add_argument("--port", type=int, default=8000)
+    p.set_defaults(func=cmd_evidently_ui)
 
     p = sub.add_parser("reviews", help="improvement reviews: list, show, and act on them")
     from serviceloop.review_cli import add_arguments

@@ -279,6 +279,7 @@ def print_summary(end: dt.datetime | None = None, manager_actions: list[str] | N
         "\nNext:\n"
         "  make up                      Airflow UI on http://127.0.0.1:8080 (login printed)\n"
         f"  open {p.reports / 'drift'}   Evidently drift reports (HTML)\n"
+        "  make evidently-ui             Evidently UI on http://127.0.0.1:8000: each team's metrics over time\n"
         f"  ls {p.outbox}                alerts to managers (.eml)\n"
         "  .venv/bin/serviceloop warehouse url   connect with psql to query the marts"
     )

@@ -46,6 +46,11 @@ class Paths:
         return self.reports / "data-docs"
 
     @property
+    def evidently_workspace(self) -> Path:
+        """The Evidently workspace the drift monitor adds its snapshots to (``make evidently-ui``)."""
+        return self.home / "evidently"
+
+    @property
     def outbox(self) -> Path:
         return self.home / "outbox"
 
