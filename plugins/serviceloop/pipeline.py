@@ -85,8 +85,13 @@ def prepare(log_path: Path) -> None:
 
     warehouse.start()
     with warehouse.connect() as conn:
+        # As the administrator: the pipeline's role (embedded only; on an external server the
+        # URL's role is the pipeline's) and the analyst's, reading what the pipeline builds.
+        if not warehouse.is_external():
+            roles.ensure_pipeline(conn, password=warehouse.pipeline_password())
+        roles.ensure_analyst(conn, owner=None if warehouse.is_external() else roles.PIPELINE_ROLE)
+    with warehouse.connect(dsn=warehouse.pipeline_url()) as conn:
         schema.ensure(conn)
-        roles.ensure_analyst(conn)
     airflow_env.migrate(log_path)
     airflow_env.dbt_parse(log_path)
 
@@ -137,7 +142,7 @@ def sample_report() -> None:
     """The organisation's weekly report as HTML and, with Chromium, a PNG screenshot (not sent)."""
     from serviceloop import report
 
-    with warehouse.connect() as conn:
+    with warehouse.connect(dsn=warehouse.pipeline_url()) as conn:
         _html, _png, note = report.sample(conn, paths().reports)
     if note:
         console.print(f"[yellow]note[/yellow] no PNG of the sample report: {note}")
@@ -148,7 +153,7 @@ def act_as_simulated_manager(end: dt.datetime) -> list[str]:
     from serviceloop import alerts, simulated_manager, verification
 
     p = paths()
-    with warehouse.connect() as conn:
+    with warehouse.connect(dsn=warehouse.pipeline_url()) as conn:
         done = simulated_manager.act(conn, p.ground_truth, end.date())
         verification.measure(conn)
         alerts.send_review_alerts(conn, outbox=p.outbox)
@@ -161,7 +166,7 @@ def summary(end: dt.datetime) -> dict:
     from serviceloop.sources import SOURCES, raw_table
 
     out: dict = {"batches": [], "findings": [], "reviews": [], "alerts": []}
-    with warehouse.connect() as conn, conn.cursor() as cur:
+    with warehouse.connect(dsn=warehouse.pipeline_url()) as conn, conn.cursor() as cur:
         for source in SOURCES.values():
             for entity in source.entities:
                 cur.execute(
@@ -205,7 +210,7 @@ def summary(end: dt.datetime) -> dict:
 
 
 def latest_interval_end() -> dt.datetime | None:
-    with warehouse.connect() as conn, conn.cursor() as cur:
+    with warehouse.connect(dsn=warehouse.pipeline_url()) as conn, conn.cursor() as cur:
         cur.execute("select max(interval_end) from ops.batches")
         return cur.fetchone()[0]
 
