@@ -234,7 +234,9 @@ def connect(database: str = WAREHOUSE_DB, dsn: str | None = None) -> Iterator[ps
         yield conn
         conn.commit()
     except BaseException:
-        conn.rollback()
+        # A connection the server dropped cannot roll back; the error to raise is the first one.
+        with contextlib.suppress(psycopg2.Error):
+            conn.rollback()
         raise
     finally:
         conn.close()
