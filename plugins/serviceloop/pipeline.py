@@ -80,18 +80,25 @@ def period_end(options: RunOptions) -> dt.datetime:
     return dt.datetime.combine(options.start + dt.timedelta(days=options.days), dt.time(), dt.UTC)
 
 
-def prepare(log_path: Path) -> None:
+def prepare_warehouse() -> None:
+    """The warehouse's roles (as the administrator) and ServiceLoop's schemas (as the pipeline's role).
+
+    On the embedded server the pipeline's role is ``serviceloop_pipeline``; on an external one
+    it is the URL's own role. The analyst reads what that role builds in the marts.
+    """
     from serviceloop import roles, schema
 
-    warehouse.start()
     with warehouse.connect() as conn:
-        # As the administrator: the pipeline's role (embedded only; on an external server the
-        # URL's role is the pipeline's) and the analyst's, reading what the pipeline builds.
         if not warehouse.is_external():
             roles.ensure_pipeline(conn, password=warehouse.pipeline_password())
         roles.ensure_analyst(conn, owner=None if warehouse.is_external() else roles.PIPELINE_ROLE)
     with warehouse.connect(dsn=warehouse.pipeline_url()) as conn:
         schema.ensure(conn)
+
+
+def prepare(log_path: Path) -> None:
+    warehouse.start()
+    prepare_warehouse()
     airflow_env.migrate(log_path)
     airflow_env.dbt_parse(log_path)
 
