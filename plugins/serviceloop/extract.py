@@ -207,10 +207,15 @@ def _sql_query(entity: Entity, mapping: EntityMapping, table: str, present: dict
     """The select of one window, its columns labelled with the contract's field names."""
     import sqlalchemy as sa
 
+    mapped = {mapping.source_column(f.name).lower() for f in entity.fields} | {mapping.watermark_column.lower()}
+    unmapped = [actual for lower, actual in present.items() if lower not in mapped]
+
     def column(source_name: str, what: str):
         actual = present.get(source_name.lower())
         if actual is None:
-            raise ContractError(f"table {table}: column {source_name} ({what}) missing for entity {entity.name}")
+            renamed = _renamed_to(source_name, unmapped)
+            hint = f" (renamed to {renamed}?)" if renamed else ""
+            raise ContractError(f"table {table}: column {source_name} ({what}) missing for entity {entity.name}{hint}")
         return sa.column(actual)
 
     selected = []
@@ -222,6 +227,9 @@ def _sql_query(entity: Entity, mapping: EntityMapping, table: str, present: dict
             selected.append(column(source_name, f"contract field {f.name}").label(f.name))
         elif f.required or f.name in mapping.columns:
             column(source_name, f"contract field {f.name}")
+        else:
+            # An optional field the table lacks (dropped, or renamed) reads as null.
+            log.warning("table %s: no column %s (optional contract field %s): read as null", table, source_name, f.name)
     watermark = column(mapping.watermark_column, "the watermark")
     key = column(mapping.source_column(entity.key), f"contract field {entity.key}")
     schema_name, _, name = table.rpartition(".")
@@ -420,6 +428,12 @@ class DropManifest:
                 "delete from ops.drop_manifest where source = %s and batch_id = %s", (self.source, self.batch_id)
             )
 
+    def names(self) -> set[str]:
+        """Every file name of the drop that some batch has seen."""
+        with self.conn.cursor() as cur:
+            cur.execute("select distinct file_name from ops.drop_manifest where source = %s", (self.source,))
+            return {name for (name,) in cur.fetchall()}
+
     def loaded_as(self, checksum: str) -> str | None:
         """The name under which a file with this content was loaded, if it was."""
         with self.conn.cursor() as cur:
@@ -497,9 +511,21 @@ def read_drop(
     Without a manifest every file in the window is read (a one-off import); with one, each
     file's content is read by one batch only.
     """
+    files = drop_files(folder, prefix, window_start, window_end, formats=formats, settle=settle)
     if manifest is not None:
         manifest.forget_batch()
-    for path in drop_files(folder, prefix, window_start, window_end, formats=formats, settle=settle):
+        if window_start is not None:
+            # A file delivered after its day's window had passed (the export ran late, a
+            # transfer was retried) is read by the next batch instead of never.
+            known = manifest.names()
+            late = [
+                p for p in drop_files(folder, prefix, None, window_start, formats=formats, settle=settle)
+                if p.name not in known
+            ]  # fmt: skip
+            for path in late:
+                log.warning("%s arrived after its day's window: read by batch %s", path.name, manifest.batch_id)
+            files = late + files
+    for path in files:
         checksum, size = _sha256(path)
         if manifest is not None:
             loaded_as = manifest.loaded_as(checksum)
@@ -610,6 +636,20 @@ def _check_columns(columns: list[str], entity: Entity, where: str) -> list[str]:
     _require_columns(entity, columns, where)
     extra = [c for c in unknown if c not in renamed]
     return [f"column(s) {', '.join(extra)} not in the contract: ignored"] if extra else []
+
+
+def _renamed_to(name: str, columns: list[str]) -> str | None:
+    """The column of a source table that most likely is ``name`` renamed, if any."""
+
+    def norm(s: str) -> str:
+        return re.sub(r"[^a-z0-9]", "", s.lower())
+
+    by_norm = {norm(c): c for c in columns}
+    match = difflib.get_close_matches(norm(name), list(by_norm), n=1, cutoff=0.75)
+    if match:
+        return by_norm[match[0]]
+    # A qualified name (`ticket_priority`, `updated_at_utc`) that contains the column's.
+    return next((c for c in columns if len(name) > 3 and norm(name) in norm(c)), None)
 
 
 def _close_match(name: str, candidates: list[str]) -> str | None:

@@ -167,6 +167,22 @@ def drop_landing(conn, table: str) -> None:
         cur.execute(f"drop table if exists landing.{table}")
 
 
+def discard_landing(side, table: str) -> None:
+    """After a failed batch: drop its landing table if the connection still works.
+
+    When the warehouse went away (a restart, a network cut) the batch's own error is what its
+    log must show, not this cleanup's; the next run of the batch drops the table instead.
+    """
+    import psycopg2
+
+    try:
+        side.rollback()
+        drop_landing(side, table)
+        side.commit()
+    except psycopg2.Error as exc:
+        log.warning("landing.%s is left for the next run of the batch to drop: %s", table, exc)
+
+
 # --- from verdict to rows -------------------------------------------------------------------
 
 
@@ -473,9 +489,7 @@ def ingest_batch(
             if result.rows_read:
                 verdict = validator(entity_name, sqlalchemy_url(conn)).validate(landing, bid)
         except BaseException:
-            side.rollback()
-            drop_landing(side, landing)
-            side.commit()
+            discard_landing(side, landing)
             raise
     result.data_docs = str(verdict.data_docs) if verdict.data_docs else None
     with conn.cursor() as cur:

@@ -82,13 +82,25 @@ def period_end(options: RunOptions) -> dt.datetime:
     return dt.datetime.combine(options.start + dt.timedelta(days=options.days), dt.time(), dt.UTC)
 
 
-def prepare(log_path: Path) -> None:
+def prepare_warehouse() -> None:
+    """The warehouse's roles (as the administrator) and ServiceLoop's schemas (as the pipeline's role).
+
+    On the embedded server the pipeline's role is ``serviceloop_pipeline``; on an external one
+    it is the URL's own role. The analyst reads what that role builds in the marts.
+    """
     from serviceloop import roles, schema
 
-    warehouse.start()
     with warehouse.connect() as conn:
+        if not warehouse.is_external():
+            roles.ensure_pipeline(conn, password=warehouse.pipeline_password())
+        roles.ensure_analyst(conn, owner=None if warehouse.is_external() else roles.PIPELINE_ROLE)
+    with warehouse.connect(dsn=warehouse.pipeline_url()) as conn:
         schema.ensure(conn)
-        roles.ensure_analyst(conn)
+
+
+def prepare(log_path: Path) -> None:
+    warehouse.start()
+    prepare_warehouse()
     airflow_env.migrate(log_path)
     airflow_env.dbt_parse(log_path)
 
@@ -144,7 +156,7 @@ def sample_report() -> None:
     """The organisation's weekly report as HTML and, with Chromium, a PNG screenshot (not sent)."""
     from serviceloop import report
 
-    with warehouse.connect() as conn:
+    with warehouse.connect(dsn=warehouse.pipeline_url()) as conn:
         _html, _png, note = report.sample(conn, paths().reports)
     if note:
         console.print(f"[yellow]note[/yellow] no PNG of the sample report: {note}")
@@ -155,7 +167,7 @@ def act_as_simulated_manager(end: dt.datetime) -> list[str]:
     from serviceloop import alerts, simulated_manager, verification
 
     p = paths()
-    with warehouse.connect() as conn:
+    with warehouse.connect(dsn=warehouse.pipeline_url()) as conn:
         done = simulated_manager.act(conn, p.ground_truth, end.date())
         verification.measure(conn)
         alerts.send_review_alerts(conn, outbox=p.outbox)
@@ -168,7 +180,7 @@ def summary(end: dt.datetime) -> dict:
     from serviceloop.sources import SOURCES, raw_table
 
     out: dict = {"batches": [], "findings": [], "reviews": [], "alerts": []}
-    with warehouse.connect() as conn, conn.cursor() as cur:
+    with warehouse.connect(dsn=warehouse.pipeline_url()) as conn, conn.cursor() as cur:
         for source in SOURCES.values():
             for entity in source.entities:
                 # The interval's batch; an import's batch is named by its file, its interval ends at its last update.
@@ -218,7 +230,7 @@ def summary(end: dt.datetime) -> dict:
 
 
 def latest_interval_end() -> dt.datetime | None:
-    with warehouse.connect() as conn, conn.cursor() as cur:
+    with warehouse.connect(dsn=warehouse.pipeline_url()) as conn, conn.cursor() as cur:
         cur.execute("select max(interval_end) from ops.batches")
         return cur.fetchone()[0]
 

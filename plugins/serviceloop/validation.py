@@ -53,6 +53,9 @@ ROW_NUMBER = "_row_number"
 # The rule a row gets when its reader could not parse it (``serviceloop.extract.PARSE_ERROR``).
 PARSE_ERROR_RULE = "parse_error"
 CLOCK_SKEW_ENV = "SERVICELOOP_CLOCK_SKEW"
+# "off" skips the Data Docs page of each batch (about half of a small batch's time): for a
+# long backfill, whose hundreds of pages nobody reads. The verdict is the same.
+DATA_DOCS_ENV = "SERVICELOOP_DATA_DOCS"
 KEEP_RESULTS = 50  # validation results per suite kept, with their Data Docs pages (older ones are removed)
 _INTERVAL = re.compile(r"\d+(\.\d+)?\s*(second|minute|hour|day)s?", re.IGNORECASE)
 
@@ -385,7 +388,7 @@ class Validator:
                 query = f"select broken.{ROW_NUMBER} from ({found}) as broken"
             verdict.failed.append(FailedRule(rule.rule, rule.severity, query))
         verdict.seconds = time.perf_counter() - started
-        if data_docs:
+        if data_docs and os.environ.get(DATA_DOCS_ENV, "on").strip().lower() not in ("off", "0", "false", "no"):
             verdict.data_docs = self._data_docs(result, run_name, table)
         return verdict
 

@@ -41,7 +41,8 @@ final as (
         created_at,
         updated_at,
         channel,
-        customer_id,
+        -- Personal data: the marts know a customer (the caller) by a keyed pseudonym only.
+        {{ pseudonymise('customer_id') }} as customer_id,
         customer_segment,
         category,
         subcategory,
