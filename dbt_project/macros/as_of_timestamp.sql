@@ -5,16 +5,22 @@
     moment the data is known through: the end of the last extraction window of the
     helpdesk tickets (ops.batches, written by the ingest). Using the data's own clock, not
     the database's, makes the marts a function of what was loaded, so rebuilding an
-    interval gives the same result whenever it runs.
+    interval gives the same result whenever it runs. With loaded_through (a SQL
+    expression), the moment as it stood once the batches loaded by then were in (at most:
+    a later batch for an earlier window does not count).
 -#}
-{% macro as_of_timestamp() -%}
+{% macro as_of_timestamp(loaded_through=none) -%}
     {%- if var("as_of", none) -%}
         cast('{{ var("as_of") }}' as timestamptz)
     {%- else -%}
         (
             select coalesce(max(window_end), current_timestamp)
             from {{ source('ops', 'batches') }}
-            where source = 'helpdesk' and entity = 'tickets'
+            where
+                source = 'helpdesk' and entity = 'tickets'
+                {%- if loaded_through %}
+                and loaded_at <= {{ loaded_through }}
+                {%- endif %}
         )
     {%- endif -%}
 {%- endmacro %}

@@ -14,40 +14,63 @@
 
     Incremental: a run rebuilds only the periods touched by tickets whose content changed
     since the mart was last built (fct_tickets.content_changed_through), over the days the
-    change moved (fct_tickets.kpi_days_touched, macros/kpi_days.sql; every day the ticket
-    counts on after a full build of fct_tickets); the model's unique_key is the period
-    column, so delete+insert replaces those periods whole.
+    change moved for each family (fct_tickets.kpi_days_touched, macros/kpi_days.sql); the
+    model's unique_key is the period column, so delete+insert replaces those periods
+    whole. In a rebuilt period, a family whose days were not touched keeps its columns of
+    the row it had (a segment keeps a family's columns where the family counted a ticket:
+    its count is above 0), so a period touched only by, say, the backlog does not read
+    the period's resolutions again. A backlog day counts only where it is a period's
+    backlog day (its last day, or the data's last day for the period in progress), and an
+    incremental run reads the backlog at those days alone: the tickets created by then and
+    not resolved by then, found by fct_tickets' index on resolved_date.
 -#}
 {% macro kpi_rollup(grain, period_column, dims) -%}
 
+    {%- set incremental = incremental_ready('built_through') is sameas true -%}
     {%- set dim_list = dims | join(", ") -%}
     {%- set dim_select = (dims | join(",\n        ")) ~ ",\n        " if dims else "" -%}
     {%- set group_by = "period_start" ~ ((", " ~ dim_list) if dims else "") -%}
 
 with
 
-tickets as (
+tickets as not materialized (
 
     select * from {{ ref('fct_tickets') }}
 
 ),
 
-surveys as (
+surveys as not materialized (
 
     select * from {{ ref('fct_surveys') }}
 
 ),
 
--- The last day the data is known through: the period in progress ends there.
-data_end as (
+{% if incremental -%}
+built as (
 
-    select {{ reporting_date("(" ~ as_of_timestamp() ~ " - interval '1 microsecond')") }} as last_day
+    select * from {{ this }}
 
 ),
 
-{% if incremental_ready('built_through') is sameas true -%}
-        {{ kpi_affected_periods(grain) }},
-    {%- endif %}
+{% endif -%}
+
+-- The last day the data is known through: the period in progress ends there. On an
+-- incremental run also the one the mart was built through (at most): the backlog of the
+-- periods from that day to this one is read at another day now.
+data_end as (
+
+    select
+        {{ reporting_date("(" ~ as_of_timestamp() ~ " - interval '1 microsecond')") }} as last_day
+        {%- if incremental %},
+        {{ reporting_date("(" ~ as_of_timestamp(loaded_through='(select max(built.built_through) from built)')
+            ~ " - interval '1 microsecond')") }} as built_last_day
+        {%- endif %}
+
+),
+
+{% if incremental -%}
+    {{ kpi_affected_periods(grain, kpi_rollup_families() | map(attribute='days') | list) }},
+{%- endif %}
 
 created as (
 
@@ -56,7 +79,7 @@ created as (
         {{ dim_select }}count(*) as tickets_created,
         avg(case when returning_customer then 1.0 else 0.0 end) as returning_customer_rate
     from tickets
-    where {{ kpi_in_affected_periods(grain, 'created_date') }}
+    where {{ kpi_in_family_periods('created', 'created_date') }}
     group by {{ group_by }}
 
 ),
@@ -73,7 +96,7 @@ responded as (
     from tickets
     where
         first_response_date is not null
-        and {{ kpi_in_affected_periods(grain, 'first_response_date') }}
+        and {{ kpi_in_family_periods('first_response', 'first_response_date') }}
     group by {{ group_by }}
 
 ),
@@ -101,7 +124,7 @@ resolved as (
     from tickets
     where
         resolved_date is not null
-        and {{ kpi_in_affected_periods(grain, 'resolved_date') }}
+        and {{ kpi_in_family_periods('resolved', 'resolved_date') }}
     group by {{ group_by }}
 
 ),
@@ -125,14 +148,48 @@ rated as (
     from surveys
     inner join tickets
         on surveys.ticket_id = tickets.ticket_id
-    where {{ kpi_in_affected_periods(grain, 'surveys.submitted_date') }}
+    where {{ kpi_in_family_periods('surveys', 'surveys.submitted_date') }}
     group by {{ group_by }}
 
 ),
 
 -- A ticket is in the backlog at the end of each day from its creation to the day before
 -- its resolution (to the last known day while open); a period's backlog is the one at the
--- end of its last day.
+-- end of its last day (of the data's last day for the period in progress).
+{% if incremental -%}
+-- The backlog days of the periods whose backlog was touched.
+backlog_days as (
+
+    select
+        family_periods.period_start,
+        least(
+            cast(family_periods.period_start + interval '1 {{ grain }}' - interval '1 day' as date),
+            data_end.last_day
+        ) as backlog_day
+    from family_periods
+    cross join data_end
+    where
+        family_periods.family = 'backlog'
+        and family_periods.period_start <= data_end.last_day
+
+),
+
+period_ends as (
+
+    select
+        tickets.*,
+        backlog_days.backlog_day,
+        cast(backlog_days.backlog_day + 1 as timestamp) at time zone '{{ var("reporting_timezone", "UTC") }}'
+            as backlog_at
+    from backlog_days
+    inner join tickets
+        on
+            tickets.created_date <= backlog_days.backlog_day
+            and (tickets.resolved_date > backlog_days.backlog_day or tickets.resolved_date is null)
+    where tickets.status != 'cancelled'
+
+),
+{%- else -%}
 open_days as (
 
     select
@@ -145,9 +202,8 @@ open_days as (
         cast(coalesce(tickets.resolved_date - 1, data_end.last_day) as timestamp),
         interval '1 day'
     ) as backlog_days (backlog_day)
-    where
-        tickets.status != 'cancelled'
-        and {{ kpi_open_in_affected_periods('coalesce(tickets.resolved_date, data_end.last_day + 1)') }}
+    where tickets.status != 'cancelled'
+
 ),
 
 period_ends as (
@@ -165,9 +221,9 @@ period_ends as (
             or open_days.backlog_day = data_end.last_day
         )
         and open_days.backlog_day <= data_end.last_day
-        and {{ kpi_in_affected_periods(grain, 'open_days.backlog_day') }}
 
 ),
+{%- endif %}
 
 backlog as (
 
@@ -181,17 +237,51 @@ backlog as (
 
 ),
 
+{% for family in kpi_rollup_families() -%}
+{% if incremental -%}
+-- The {{ family.name }} columns of the rebuilt periods whose {{ family.days }} days were not touched: as built.
+{{ family.name }}_kept as (
+
+    select
+        built.{{ period_column }} as period_start,
+    {%- for dim in dims %}
+        built.{{ dim }},
+    {%- endfor %}
+    {%- for column, type in family.columns %}
+        cast(built.{{ column }} as {{ type }}) as {{ column }}{{ "," if not loop.last }}
+    {%- endfor %}
+    from built
+    where
+        built.{{ family.columns[0][0] }} > 0
+        and built.{{ period_column }} in (select affected_periods.period_start from affected_periods)
+        and built.{{ period_column }} not in (
+            select family_periods.period_start
+            from family_periods
+            where family_periods.family = '{{ family.days }}'
+        )
+
+),
+
+{% endif -%}
+{{ family.name }}_rows as (
+
+    select * from {{ family.name }}
+    {%- if incremental %}
+    union all
+    select * from {{ family.name }}_kept
+    {%- endif %}
+
+),
+
+{% endfor -%}
 segments as (
 
-    select {{ group_by }} from created
+    {%- for family in kpi_rollup_families() %}
+    select {{ group_by }} from {{ family.name }}_rows
+    {%- if not loop.last %}
     union
-    select {{ group_by }} from responded
-    union
-    select {{ group_by }} from resolved
-    union
-    select {{ group_by }} from rated
-    union
-    select {{ group_by }} from backlog
+    {%- endif %}
+    {%- endfor %}
 
 ),
 
@@ -232,19 +322,19 @@ final as (
         {{ rounded('resolved.ping_pong_rate', 4) }} as ping_pong_rate,
         (select max(built.content_changed_through) from tickets as built) as built_through
     from segments
-    left join created
+    left join created_rows as created
         on
             {{ kpi_same_segment('segments', 'created', dims) }}
-    left join responded
+    left join responded_rows as responded
         on
             {{ kpi_same_segment('segments', 'responded', dims) }}
-    left join resolved
+    left join resolved_rows as resolved
         on
             {{ kpi_same_segment('segments', 'resolved', dims) }}
-    left join rated
+    left join rated_rows as rated
         on
             {{ kpi_same_segment('segments', 'rated', dims) }}
-    left join backlog
+    left join backlog_rows as backlog
         on
             {{ kpi_same_segment('segments', 'backlog', dims) }}
 
@@ -265,21 +355,57 @@ select * from final
 {%- endmacro %}
 
 
-{#- On an incremental run, whether a date falls in a period being rebuilt; true otherwise. -#}
+{#-
+    The families of kpi_rollup: the CTE, the kpi_days_touched family whose days rebuild it,
+    and its columns with their types as computed (the first one counts the family's
+    tickets: a segment has the family's row when it is above 0).
+-#}
+{% macro kpi_rollup_families() -%}
+    {{ return([
+        {'name': 'created', 'days': 'created', 'columns': [
+            ('tickets_created', 'bigint'), ('returning_customer_rate', 'numeric'),
+        ]},
+        {'name': 'responded', 'days': 'first_response', 'columns': [
+            ('tickets_first_responded', 'bigint'), ('first_response_p50_hours', 'double precision'),
+            ('first_response_p90_hours', 'double precision'), ('sla_first_response_compliance', 'numeric'),
+        ]},
+        {'name': 'resolved', 'days': 'resolved', 'columns': [
+            ('tickets_resolved', 'bigint'), ('resolution_p50_hours', 'double precision'),
+            ('resolution_p90_hours', 'double precision'), ('sla_resolution_compliance', 'numeric'),
+            ('sla_resolution_breaches', 'bigint'), ('reopen_rate', 'numeric'),
+            ('first_contact_resolution_rate', 'numeric'), ('rework_rate', 'numeric'),
+            ('escalation_rate', 'numeric'), ('complaint_rate', 'numeric'), ('survey_response_rate', 'numeric'),
+            ('handoffs_per_ticket', 'numeric'), ('reassignment_rate', 'numeric'), ('ping_pong_rate', 'numeric'),
+            ('churn_proxy_rate', 'numeric'),
+        ]},
+        {'name': 'rated', 'days': 'surveys', 'columns': [
+            ('surveys', 'bigint'), ('csat_mean', 'numeric'), ('csat_satisfied_rate', 'numeric'), ('nps', 'numeric'),
+        ]},
+        {'name': 'backlog', 'days': 'backlog', 'columns': [
+            ('backlog_open', 'bigint'), ('backlog_age_p90_hours', 'double precision'), ('backlog_overdue', 'bigint'),
+        ]},
+    ]) }}
+{%- endmacro %}
+
+
+{#- On an incremental run, whether a date falls in a period being rebuilt (a plain
+    comparison of the date with the periods' days, which fct_tickets' indexes on its
+    *_date columns serve); true otherwise. -#}
 {% macro kpi_in_affected_periods(grain, date_expression) -%}
     {%- if incremental_ready('built_through') is sameas true -%}
-        {{ period_start(grain, date_expression) }} in (select affected_periods.period_start from affected_periods)
+        {{ date_expression }} in (select affected_days.affected_day from affected_days)
     {%- else -%}
         true
     {%- endif -%}
 {%- endmacro %}
 
 
-{#- Whether a ticket resolved on end_date (open: a later day) can be in the backlog of an
-    affected period: not if it was resolved before the first one. -#}
-{% macro kpi_open_in_affected_periods(end_date) -%}
+{#- The same for the periods a family's days touched (kpi_affected_periods' family_days). -#}
+{% macro kpi_in_family_periods(family, date_expression) -%}
     {%- if incremental_ready('built_through') is sameas true -%}
-        {{ end_date }} > (select min(affected_periods.period_start) from affected_periods)
+        {{ date_expression }} in (
+            select family_days.affected_day from family_days where family_days.family = '{{ family }}'
+        )
     {%- else -%}
         true
     {%- endif -%}
@@ -287,26 +413,93 @@ select * from final
 
 
 {#-
-    The CTEs changed_days and affected_periods of an incremental KPI mart: the periods
-    (of the grain) touched by tickets whose content changed since the mart was last built
-    (its max(built_through)).
+    The CTEs of an incremental KPI mart that say what to rebuild: from the tickets whose
+    content changed since the mart was last built (its max(built_through)), the days they
+    touched in the families the mart reads (fct_tickets.kpi_days_touched; every day the
+    ticket counts on when that is null), family_periods (family, period_start) the periods
+    of the grain those days fall in, affected_periods every period rebuilt, family_days and
+    affected_days every day of those periods. A backlog day touches its period only where
+    it is the period's backlog day (the period's last day, or the data's last day), and
+    the periods from the day after the one the mart was built through to the data's last
+    day have their backlog read at another day now (the CTE data_end must exist).
 -#}
-{% macro kpi_affected_periods(grain) -%}
+{% macro kpi_affected_periods(grain, families) -%}
 changed_days as (
 
-    select touched.touched_day
+    select
+        touched.family,
+        cast(touched.touched_day as date) as touched_day
     from {{ ref('fct_tickets') }} as changed
-    cross join lateral unnest(
-        coalesce(cast(changed.kpi_days_touched as date []), {{ kpi_day_range('changed.kpi_days_from', 'changed.kpi_days_to') }})
-    ) as touched (touched_day)
+    cross join lateral (
+        select
+            families.family,
+            family_days.touched_day
+        from unnest(array['{{ families | join("', '") }}']) as families (family)
+        cross join lateral jsonb_array_elements_text(
+            coalesce(
+                cast(changed.kpi_days_touched as jsonb) -> families.family,
+                to_jsonb({{ kpi_day_range('changed.kpi_days_from', 'changed.kpi_days_to') }})
+            )
+        ) as family_days (touched_day)
+    ) as touched
     where changed.content_changed_through > (select max(built.built_through) from {{ this }} as built)
+
+),
+
+family_periods as (
+
+    select distinct
+        changed_days.family,
+        {{ period_start(grain, 'changed_days.touched_day') }} as period_start
+    from changed_days
+    {%- if 'backlog' in families %}
+    cross join data_end
+    where
+        changed_days.family != 'backlog'
+        or changed_days.touched_day = least(
+            cast({{ period_start(grain, 'changed_days.touched_day') }} + interval '1 {{ grain }}' - interval '1 day' as date),
+            data_end.last_day
+        )
+    union
+    select
+        'backlog' as family,
+        {{ period_start(grain, 'moved_days.moved_day') }} as period_start
+    from data_end
+    cross join lateral generate_series(
+        cast(coalesce(data_end.built_last_day, data_end.last_day) + 1 as timestamp),
+        cast(data_end.last_day as timestamp),
+        interval '1 day'
+    ) as moved_days (moved_day)
+    {%- endif %}
 
 ),
 
 affected_periods as (
 
-    select distinct {{ period_start(grain, 'changed_days.touched_day') }} as period_start
-    from changed_days
+    select distinct family_periods.period_start
+    from family_periods
+
+),
+
+-- Every day of the periods, per family and in all.
+family_days as (
+
+    select
+        family_periods.family,
+        cast(period_days.period_day as date) as affected_day
+    from family_periods
+    cross join lateral generate_series(
+        cast(family_periods.period_start as timestamp),
+        cast(family_periods.period_start as timestamp) + interval '1 {{ grain }}' - interval '1 day',
+        interval '1 day'
+    ) as period_days (period_day)
+
+),
+
+affected_days as (
+
+    select distinct family_days.affected_day
+    from family_days
 
 )
 {%- endmacro %}

@@ -8,20 +8,20 @@
 
 with
 
-tickets as (
+tickets as not materialized (
 
     select * from {{ ref('fct_tickets') }}
 
 ),
 
-stages as (
+stages as not materialized (
 
     select * from {{ ref('fct_ticket_stages') }}
 
 ),
 
 {% if incremental_ready('built_through') is sameas true -%}
-    {{ kpi_affected_periods('week') }},
+    {{ kpi_affected_periods('week', ['closed']) }},
 {%- endif %}
 
 -- Closed tickets whose stages partition their cycle (every stage known, none negative),

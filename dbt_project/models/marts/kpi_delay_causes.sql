@@ -8,7 +8,7 @@
 
 with
 
-tickets as (
+tickets as not materialized (
 
     select * from {{ ref('fct_tickets') }}
 
@@ -21,7 +21,7 @@ delay_causes as (
 ),
 
 {% if incremental_ready('built_through') is sameas true -%}
-    {{ kpi_affected_periods('month') }},
+    {{ kpi_affected_periods('month', ['resolved']) }},
 {%- endif %}
 
 resolved as (
