@@ -1,7 +1,8 @@
 {#-
     The days whose KPIs a new version of a fct_tickets row moves, per KPI family, as the
     text of a jsonb object (a text column, which dbt's unit-test fixtures can type) whose
-    keys are the families (created, first_response, resolved, closed, surveys, backlog)
+    keys are the families (created, first_response, resolved, churn, closed, surveys,
+    backlog)
     and values arrays of days: what an incremental KPI mart must rebuild for it, for the
     families it reads. previous is the row being replaced (null columns for a new ticket),
     current the new one.
@@ -97,7 +98,10 @@
             then {{ kpi_day_range(previous ~ '.created_date', end_previous) }}
             || {{ kpi_day_range(current ~ '.created_date', end_current) }}
         else
-            {{ kpi_day_range('least(' ~ end_previous ~ ', ' ~ end_current ~ ')', last_end) }}
+            {{ kpi_days_when(
+                end_previous ~ ' is distinct from ' ~ end_current,
+                kpi_day_range('least(' ~ end_previous ~ ', ' ~ end_current ~ ')', last_end)
+            ) }}
             || {{ kpi_days_when(
                 kpi_differs(previous, current, 'resolution_due_at'),
                 kpi_day_range(
@@ -123,9 +127,11 @@
     and the fct_tickets columns the family's KPIs read on that day.
     - created: volume and returning customers (kpi_rollup's created);
     - first response: its percentiles and SLA compliance (kpi_rollup's responded);
-    - resolution: resolution percentiles, SLA compliance and breaches, the quality rates,
-      churn proxy (kpi_rollup's resolved) and the delay causes with their CSAT
-      (kpi_delay_causes);
+    - resolution: resolution percentiles, SLA compliance and breaches, the quality rates
+      (kpi_rollup's resolved) and the delay causes with their CSAT (kpi_delay_causes);
+    - churn: the churn proxy rate of the complaints resolved that day (kpi_rollup's
+      churned), a family of its own because a complaint's churn proxy is decided up to 90
+      days after it, when the customer comes back or does not;
     - close: the cycle time split into stages (kpi_bottleneck_weekly).
     A KPI that reads a new column on one of these days must add it here.
 -#}
@@ -138,9 +144,9 @@
         {'name': 'resolved', 'day': 'resolved_date', 'reads': [
             'resolved_date', 'resolution_hours', 'resolution_breached', 'reopened',
             'first_contact_resolution', 'rework', 'escalated', 'complaint', 'survey_count',
-            'handoff_count', 'reassignment_count', 'ping_pong', 'churn_proxy', 'csat',
-            'delay_cause',
+            'handoff_count', 'reassignment_count', 'ping_pong', 'csat', 'delay_cause',
         ]},
+        {'name': 'churn', 'day': 'resolved_date', 'reads': ['resolved_date', 'complaint', 'churn_proxy']},
         {'name': 'closed', 'day': 'closed_date', 'reads': [
             'closed_date', 'cycle_hours', 'intake_hours', 'assignment_hours',
             'active_work_hours', 'waiting_customer_hours', 'waiting_third_party_hours',

@@ -118,13 +118,28 @@ resolved as (
         avg(case when survey_count > 0 then 1.0 else 0.0 end) as survey_response_rate,
         avg(coalesce(handoff_count, 0)) as handoffs_per_ticket,
         avg(case when reassignment_count > 0 then 1.0 else 0.0 end) as reassignment_rate,
-        avg(case when ping_pong then 1.0 else 0.0 end) as ping_pong_rate,
-        avg(case when churn_proxy then 1.0 else 0.0 end) filter (where churn_proxy is not null and complaint)
-            as churn_proxy_rate
+        avg(case when ping_pong then 1.0 else 0.0 end) as ping_pong_rate
     from tickets
     where
         resolved_date is not null
         and {{ kpi_in_family_periods('resolved', 'resolved_date') }}
+    group by {{ group_by }}
+
+),
+
+-- The complaints resolved in the period whose churn proxy is decided (fct_tickets' index on
+-- complaint, resolved_date).
+churned as (
+
+    select
+        {{ period_start(grain, 'resolved_date') }} as period_start,
+        {{ dim_select }}avg(case when churn_proxy then 1.0 else 0.0 end) as churn_proxy_rate
+    from tickets
+    where
+        complaint
+        and churn_proxy is not null
+        and resolved_date is not null
+        and {{ kpi_in_family_periods('churn', 'resolved_date') }}
     group by {{ group_by }}
 
 ),
@@ -174,19 +189,47 @@ backlog_days as (
 
 ),
 
-period_ends as (
+-- The tickets in the backlog at the end of one of those days: one pass over the tickets
+-- created by the last of them and not resolved by the first (fct_tickets' index on
+-- resolved_date finds them while the days are recent), each laid out over its backlog
+-- days between the two.
+backlog_span as (
+
+    select
+        min(backlog_days.backlog_day) as first_day,
+        max(backlog_days.backlog_day) as last_day
+    from backlog_days
+
+),
+
+open_days as (
 
     select
         tickets.*,
-        backlog_days.backlog_day,
-        cast(backlog_days.backlog_day + 1 as timestamp) at time zone '{{ var("reporting_timezone", "UTC") }}'
+        cast(open_span.backlog_day as date) as backlog_day
+    from tickets
+    cross join backlog_span
+    cross join data_end
+    cross join lateral generate_series(
+        cast(greatest(tickets.created_date, backlog_span.first_day) as timestamp),
+        cast(least(coalesce(tickets.resolved_date - 1, data_end.last_day), backlog_span.last_day) as timestamp),
+        interval '1 day'
+    ) as open_span (backlog_day)
+    where
+        tickets.status != 'cancelled'
+        and tickets.created_date <= backlog_span.last_day
+        and (tickets.resolved_date > backlog_span.first_day or tickets.resolved_date is null)
+
+),
+
+period_ends as (
+
+    select
+        open_days.*,
+        cast(open_days.backlog_day + 1 as timestamp) at time zone '{{ var("reporting_timezone", "UTC") }}'
             as backlog_at
-    from backlog_days
-    inner join tickets
-        on
-            tickets.created_date <= backlog_days.backlog_day
-            and (tickets.resolved_date > backlog_days.backlog_day or tickets.resolved_date is null)
-    where tickets.status != 'cancelled'
+    from open_days
+    where open_days.backlog_day in (select backlog_days.backlog_day from backlog_days)
 
 ),
 {%- else -%}
@@ -252,7 +295,7 @@ backlog as (
     {%- endfor %}
     from built
     where
-        built.{{ family.columns[0][0] }} > 0
+        built.{{ family.columns[0][0] }} {{ '> 0' if family.columns[0][1] == 'bigint' else 'is not null' }}
         and built.{{ period_column }} in (select affected_periods.period_start from affected_periods)
         and built.{{ period_column }} not in (
             select family_periods.period_start
@@ -316,7 +359,7 @@ final as (
         {{ rounded('rated.nps', 2) }} as nps,
         {{ rounded('resolved.survey_response_rate', 4) }} as survey_response_rate,
         {{ rounded('created.returning_customer_rate', 4) }} as returning_customer_rate,
-        {{ rounded('resolved.churn_proxy_rate', 4) }} as churn_proxy_rate,
+        {{ rounded('churned.churn_proxy_rate', 4) }} as churn_proxy_rate,
         {{ rounded('resolved.handoffs_per_ticket', 4) }} as handoffs_per_ticket,
         {{ rounded('resolved.reassignment_rate', 4) }} as reassignment_rate,
         {{ rounded('resolved.ping_pong_rate', 4) }} as ping_pong_rate,
@@ -331,6 +374,9 @@ final as (
     left join resolved_rows as resolved
         on
             {{ kpi_same_segment('segments', 'resolved', dims) }}
+    left join churned_rows as churned
+        on
+            {{ kpi_same_segment('segments', 'churned', dims) }}
     left join rated_rows as rated
         on
             {{ kpi_same_segment('segments', 'rated', dims) }}
@@ -358,7 +404,8 @@ select * from final
 {#-
     The families of kpi_rollup: the CTE, the kpi_days_touched family whose days rebuild it,
     and its columns with their types as computed (the first one counts the family's
-    tickets: a segment has the family's row when it is above 0).
+    tickets, or is null without them: a segment has the family's row when it is above 0,
+    or not null).
 -#}
 {% macro kpi_rollup_families() -%}
     {{ return([
@@ -376,8 +423,8 @@ select * from final
             ('first_contact_resolution_rate', 'numeric'), ('rework_rate', 'numeric'),
             ('escalation_rate', 'numeric'), ('complaint_rate', 'numeric'), ('survey_response_rate', 'numeric'),
             ('handoffs_per_ticket', 'numeric'), ('reassignment_rate', 'numeric'), ('ping_pong_rate', 'numeric'),
-            ('churn_proxy_rate', 'numeric'),
         ]},
+        {'name': 'churned', 'days': 'churn', 'columns': [('churn_proxy_rate', 'numeric')]},
         {'name': 'rated', 'days': 'surveys', 'columns': [
             ('surveys', 'bigint'), ('csat_mean', 'numeric'), ('csat_satisfied_rate', 'numeric'), ('nps', 'numeric'),
         ]},

@@ -8,7 +8,7 @@
             {'columns': ['ticket_id']}, {'columns': ['content_changed_through']},
             {'columns': ['customer_id', 'created_at', 'ticket_id']},
             {'columns': ['created_date']}, {'columns': ['first_response_date']},
-            {'columns': ['resolved_date']}, {'columns': ['closed_date']},
+            {'columns': ['resolved_date']}, {'columns': ['closed_date']}, {'columns': ['complaint', 'resolved_date']},
         ],
         post_hook=['analyze {{ this }}'],
     )
