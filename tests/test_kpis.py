@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import json
 import math
 import os
 import subprocess
@@ -572,7 +573,12 @@ def test_a_ticket_resolved_since_moves_only_its_resolution_day_and_its_backlog_s
         old_end, new_end = old["kpi_days_to"], new["resolved_date"] - dt.timedelta(days=1)
         first, last = min(old_end, new_end), max(old_end, new_end)
         expected = {new["resolved_date"]} | {first + dt.timedelta(days=n) for n in range((last - first).days + 1)}
-        touched = {dt.date.fromisoformat(d) for d in new["kpi_days_touched"].strip("{}").split(",")}
+        touched = {
+            dt.date.fromisoformat(first) + dt.timedelta(days=n)
+            for ranges in json.loads(new["kpi_days_touched"]).values()
+            for first, last in ranges
+            for n in range((dt.date.fromisoformat(last) - dt.date.fromisoformat(first)).days + 1)
+        }
         assert touched == expected, ticket_id
         reaching_back += old["created_date"] < first
     # Its creation day (and every backlog day before the end) is left alone.

@@ -10,17 +10,14 @@
     a later batch for an earlier window does not count).
 -#}
 {% macro as_of_timestamp(loaded_through=none) -%}
+    {%- set loaded_by = ' and loaded_at <= ' ~ loaded_through if loaded_through else '' -%}
     {%- if var("as_of", none) -%}
         cast('{{ var("as_of") }}' as timestamptz)
     {%- else -%}
         (
             select coalesce(max(window_end), current_timestamp)
             from {{ source('ops', 'batches') }}
-            where
-                source = 'helpdesk' and entity = 'tickets'
-                {%- if loaded_through %}
-                and loaded_at <= {{ loaded_through }}
-                {%- endif %}
+            where source = 'helpdesk' and entity = 'tickets'{{ loaded_by }}
         )
     {%- endif -%}
 {%- endmacro %}

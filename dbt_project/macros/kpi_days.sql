@@ -2,9 +2,9 @@
     The days whose KPIs a new version of a fct_tickets row moves, per KPI family, as the
     text of a jsonb object (a text column, which dbt's unit-test fixtures can type) whose
     keys are the families (created, first_response, resolved, churn, closed, surveys,
-    backlog)
-    and values arrays of days: what an incremental KPI mart must rebuild for it, for the
-    families it reads. previous is the row being replaced (null columns for a new ticket),
+    backlog) and values arrays of day ranges, [first, last] inclusive: what an
+    incremental KPI mart must rebuild for it, for the families it reads. Ranges, not
+    days: built for every row of a full build, they cost no subquery per row. previous is the row being replaced (null columns for a new ticket),
     current the new one.
 
     Each KPI family counts a ticket on its own day and reads its own columns
@@ -32,45 +32,44 @@
         {%- for column in family.reads -%}
             {%- set _ = changed.append(kpi_differs(previous, current, column)) -%}
         {%- endfor -%}
-        {%- set _ = families.update({family.name: kpi_days_when(
+        {%- set old_day, new_day = previous ~ '.' ~ family.day, current ~ '.' ~ family.day -%}
+        {%- set new_only = 'case when ' ~ new_day ~ ' is distinct from ' ~ old_day ~ ' then ' ~ new_day ~ ' end' -%}
+        {%- set _ = families.update({family.name: kpi_ranges_when(
             changed | join(' or '),
-            'array[' ~ previous ~ '.' ~ family.day ~ ', ' ~ current ~ '.' ~ family.day ~ ']'
+            kpi_range(old_day, old_day) ~ ' || ' ~ kpi_range(new_only, new_only)
         )}) -%}
     {%- endfor -%}
-    {%- set _ = families.update({'surveys': kpi_days_when(
+    {%- set _ = families.update({'surveys': kpi_ranges_when(
         segment_changed ~ ' or ' ~ kpi_differs(previous, current, 'survey_digest'),
-        kpi_day_range(previous ~ '.first_survey_date', previous ~ '.last_survey_date')
-        ~ ' || ' ~ kpi_day_range(current ~ '.first_survey_date', current ~ '.last_survey_date')
+        kpi_range(previous ~ '.first_survey_date', previous ~ '.last_survey_date')
+        ~ ' || ' ~ kpi_range(current ~ '.first_survey_date', current ~ '.last_survey_date')
     )}) -%}
     {%- set _ = families.update({'backlog': kpi_backlog_days(previous, current, segment_changed)}) -%}
-    cast(jsonb_build_object(
-    {%- for name, days in families.items() %}
-        '{{ name }}', {{ kpi_day_set(
-            kpi_days_when(retain_previous or 'false', kpi_family_days(previous ~ '.kpi_days_touched', name))
-            ~ ' || ' ~ days
-        ) }}{{ ',' if not loop.last }}
-    {%- endfor %}
-    ) as text)
+    {%- set entries = [] -%}
+    {%- for name, ranges in families.items() -%}
+        {%- set kept = kpi_ranges_when(
+            retain_previous, 'cast(' ~ previous ~ ".kpi_days_touched as jsonb) -> '" ~ name ~ "'"
+        ) ~ ' || ' if retain_previous else '' -%}
+        {%- set _ = entries.append("'" ~ name ~ "', " ~ kept ~ ranges) -%}
+    {%- endfor -%}
+    cast(jsonb_build_object({{ entries | join(',\n') }}) as text)
 {%- endmacro %}
 
 
-{#- The distinct days of a date[] expression, in order, as a jsonb array. -#}
-{% macro kpi_day_set(days) -%}
-    to_jsonb(array(
-        select distinct touched.touched_day
-        from unnest({{ days }}) as touched (touched_day)
-        where touched.touched_day is not null
-        order by touched.touched_day
-    ))
+{#- The days from first_day to last_day, as a jsonb array of one range [first, last] (none
+    when either is null or first is after last). -#}
+{% macro kpi_range(first_day, last_day) -%}
+    case
+        when ({{ first_day }}) <= ({{ last_day }})
+            then jsonb_build_array(jsonb_build_array({{ first_day }}, {{ last_day }}))
+        else cast('[]' as jsonb)
+    end
 {%- endmacro %}
 
 
-{#- One family's days of a kpi_days_touched value (text of a jsonb object), as a date[]. -#}
-{% macro kpi_family_days(touched, family) -%}
-    array(
-        select cast(family_days.family_day as date)
-        from jsonb_array_elements_text(cast({{ touched }} as jsonb) -> '{{ family }}') as family_days (family_day)
-    )
+{#- ranges (a jsonb array of ranges) when condition holds, else none. -#}
+{% macro kpi_ranges_when(condition, ranges) -%}
+    case when {{ condition }} then coalesce({{ ranges }}, cast('[]' as jsonb)) else cast('[]' as jsonb) end
 {%- endmacro %}
 
 
@@ -90,21 +89,21 @@
     {%- set due_previous, due_current = previous ~ '.resolution_due_at', current ~ '.resolution_due_at' -%}
     case
         when {{ previous }}.status = 'cancelled' and {{ current }}.status = 'cancelled'
-            then cast(array[] as date [])
+            then cast('[]' as jsonb)
         when
             {{ segment_changed }}
             or ({{ previous }}.status = 'cancelled') is distinct from ({{ current }}.status = 'cancelled')
             or {{ kpi_differs(previous, current, 'created_at') }}
-            then {{ kpi_day_range(previous ~ '.created_date', end_previous) }}
-            || {{ kpi_day_range(current ~ '.created_date', end_current) }}
+            then {{ kpi_range(previous ~ '.created_date', end_previous) }}
+            || {{ kpi_range(current ~ '.created_date', end_current) }}
         else
-            {{ kpi_days_when(
+            {{ kpi_ranges_when(
                 end_previous ~ ' is distinct from ' ~ end_current,
-                kpi_day_range('least(' ~ end_previous ~ ', ' ~ end_current ~ ')', last_end)
+                kpi_range('least(' ~ end_previous ~ ', ' ~ end_current ~ ')', last_end)
             ) }}
-            || {{ kpi_days_when(
+            || {{ kpi_ranges_when(
                 kpi_differs(previous, current, 'resolution_due_at'),
-                kpi_day_range(
+                kpi_range(
                     'greatest(' ~ current ~ '.created_date, '
                     ~ reporting_date('least(' ~ due_previous ~ ', ' ~ due_current ~ ')') ~ ')',
                     'least(' ~ last_end ~ ', case when ' ~ due_previous ~ ' is null or ' ~ due_current
@@ -113,12 +112,6 @@
                 )
             ) }}
     end
-{%- endmacro %}
-
-
-{#- days (a date[] expression) when condition holds, else none (null when days is). -#}
-{% macro kpi_days_when(condition, days) -%}
-    case when {{ condition }} then coalesce({{ days }}, cast(array[] as date [])) else cast(array[] as date []) end
 {%- endmacro %}
 
 
@@ -165,17 +158,6 @@
 {#- The last day a ticket is in the backlog at the end of (an upper bound while open). -#}
 {% macro kpi_backlog_end(version) -%}
     coalesce({{ version }}.resolved_date - 1, {{ version }}.kpi_days_to)
-{%- endmacro %}
-
-
-{#- Every day from first_day to last_day, as a date[] (empty when either is null). -#}
-{% macro kpi_day_range(first_day, last_day) -%}
-    array(
-        select cast(range_days.range_day as date)
-        from generate_series(
-            cast({{ first_day }} as timestamp), cast({{ last_day }} as timestamp), interval '1 day'
-        ) as range_days (range_day)
-    )
 {%- endmacro %}
 
 

@@ -31,15 +31,6 @@ tickets as (
 
 ),
 
-{% if not incremental -%}
--- Every ticket, for the customer history's window.
-all_tickets as (
-
-    select * from {{ ref('stg_helpdesk__tickets') }}
-
-),
-
-{% endif -%}
 lifecycle as (
 
     select * from {{ ref('int_ticket_lifecycle_staged') }}
@@ -169,7 +160,7 @@ customer_history as (
                 partition by customer_id
                 order by created_at asc, ticket_id asc
             ) as next_ticket_at
-        from all_tickets
+        from {{ ref('stg_helpdesk__tickets') }}
     {%- endif %}
 
 ),
