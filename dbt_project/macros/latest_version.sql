@@ -15,25 +15,21 @@
     surveys, which do not change once they happened), a key's latest version is always
     one of the versions loaded since the table's newest load, so only those are ranked,
     found by the raw table's index on _loaded_at: the key's older versions, which the
-    lookup by key would read from the whole raw table, cannot win.
+    lookup by key would read from the whole raw table, cannot win. The table's newest
+    load is written into the SQL as a literal (macros/changed_tickets.sql's
+    latest_value_literal), so the planner sees how few rows are that new.
 -#}
 
 {#- In an incremental staging table: only the keys loaded (into the raw table loaded) since
     its newest load; with newest_load_wins, only their versions loaded since then. -#}
 {% macro loaded_since_staged(loaded, key, newest_load_wins=false) -%}
     {%- if incremental_ready('loaded_at') is sameas true and newest_load_wins -%}
-        where _loaded_at > (
-            select coalesce(max(staged.loaded_at), cast('-infinity' as timestamptz))
-            from {{ this }} as staged
-        )
+        where _loaded_at > {{ latest_value_literal(this, 'loaded_at') }}
     {%- elif incremental_ready('loaded_at') is sameas true -%}
         where {{ key }} in (
             select newer.{{ key }}
             from {{ loaded }} as newer
-            where newer._loaded_at > (
-                select coalesce(max(staged.loaded_at), cast('-infinity' as timestamptz))
-                from {{ this }} as staged
-            )
+            where newer._loaded_at > {{ latest_value_literal(this, 'loaded_at') }}
         )
     {%- endif -%}
 {%- endmacro %}

@@ -15,6 +15,9 @@
 }}
 
 {%- set incremental = incremental_ready('survey_digest') is sameas true %}
+{#- On an incremental run every input is read for the rebuilt tickets only (by their
+    ticket_id indexes). -#}
+{%- set rebuilt_only = 'where ticket_id in (select changed.ticket_id from changed)' if incremental else '' %}
 
 with
 
@@ -33,25 +36,25 @@ tickets as (
 
 lifecycle as (
 
-    select * from {{ ref('int_ticket_lifecycle_staged') }}
+    select * from {{ ref('int_ticket_lifecycle_staged') }} {{ rebuilt_only }}
 
 ),
 
 sla_clock as (
 
-    select * from {{ ref('int_ticket_sla_clock') }}
+    select * from {{ ref('int_ticket_sla_clock') }} {{ rebuilt_only }}
 
 ),
 
 surveys as (
 
-    select * from {{ ref('stg_survey_drop__surveys') }}
+    select * from {{ ref('stg_survey_drop__surveys') }} {{ rebuilt_only }}
 
 ),
 
 events as (
 
-    select * from {{ ref('stg_helpdesk__ticket_events') }}
+    select * from {{ ref('stg_helpdesk__ticket_events') }} {{ rebuilt_only }}
 
 ),
 
