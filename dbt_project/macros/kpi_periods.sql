@@ -49,42 +49,63 @@
 {%- endmacro %}
 
 
-{#- On an incremental run, whether a date falls in a period being rebuilt (a plain
-    comparison of the date with the periods' days, which fct_tickets' indexes on its
-    *_date columns serve); true otherwise. -#}
-{% macro kpi_in_affected_periods(grain, date_expression) -%}
-    {%- if incremental_ready('built_through') is sameas true -%}
-        {{ date_expression }} in (select affected_days.affected_day from affected_days)
-    {%- else -%}
+{#- On an incremental run (touched: kpi_touched_periods), whether a date falls in a period
+    being rebuilt, as a comparison with the periods' days written out, which fct_tickets'
+    indexes on its *_date columns serve with exact estimates; true otherwise. -#}
+{% macro kpi_in_affected_periods(touched, date_expression) -%}
+    {%- if touched is none -%}
         true
+    {%- else -%}
+        {%- set days = [] -%}
+        {%- for family_days in touched.days.values() -%}
+            {%- for day in family_days if day not in days -%}
+                {%- set _ = days.append(day) -%}
+            {%- endfor -%}
+        {%- endfor -%}
+        {{ date_expression }} = any(cast('{{ "{" ~ (days | join(",")) ~ "}" }}' as date []))
     {%- endif -%}
 {%- endmacro %}
 
 
-{#- The same for the periods a family's days touched (kpi_affected_periods' family_days). -#}
-{% macro kpi_in_family_periods(family, date_expression) -%}
-    {%- if incremental_ready('built_through') is sameas true -%}
-        {{ date_expression }} in (
-            select family_days.affected_day from family_days where family_days.family = '{{ family }}'
-        )
-    {%- else -%}
+{#- The same for the periods a family's days touched. -#}
+{% macro kpi_in_family_periods(touched, family, date_expression) -%}
+    {%- if touched is none -%}
         true
+    {%- else -%}
+        {{ date_expression }} = any(cast('{{ "{" ~ (touched.days.get(family, []) | join(",")) ~ "}" }}' as date []))
     {%- endif -%}
 {%- endmacro %}
 
 
 {#-
-    The CTEs of an incremental KPI mart that say what to rebuild: from the tickets whose
-    content changed since the mart was last built (its max(built_through)), the days they
-    touched in the families the mart reads (fct_tickets.kpi_days_touched; every day the
-    ticket counts on when that is null), family_periods (family, period_start) the periods
-    of the grain those days fall in, affected_periods every period rebuilt, family_days and
-    affected_days every day of those periods. A backlog day touches its period only where
-    it is the period's backlog day (the period's last day, or the data's last day), and
-    the periods from the day after the one the mart was built through to the data's last
-    day have their backlog read at another day now (the CTE data_end must exist).
+    What an incremental KPI mart rebuilds, found when it compiles (so that the SQL carries
+    it as literals the planner can estimate): from the tickets whose content changed since
+    the mart was last built (its max(built_through)), the days they touched in the
+    families the mart reads (fct_tickets.kpi_days_touched; every day the ticket counts on
+    when that is null), and the periods of the grain those days fall in. A backlog day
+    touches its period only where it is the period's backlog day (the period's last day,
+    or the data's last day), and the periods from the day after the one the mart was
+    built through to the data's last day have their backlog read at another day now.
+    Returns {'periods': {family: [period start, ...]}, 'days': {family: [every day of
+    those periods, ...]}} (ISO dates); none on a full build.
 -#}
-{% macro kpi_affected_periods(grain, families) -%}
+{% macro kpi_touched_periods(grain, families) -%}
+    {%- if not execute or incremental_ready('built_through') is not sameas true -%}
+        {{ return(none) }}
+    {%- endif -%}
+    {%- set built_through = '(select max(built.built_through) from ' ~ this ~ ' as built)' -%}
+    {%- set query -%}
+with
+
+data_end as (
+
+    select
+        {{ reporting_date("(" ~ as_of_timestamp() ~ " - interval '1 microsecond')") }} as last_day,
+        {{ reporting_date("(" ~ as_of_timestamp(loaded_through=built_through) ~ " - interval '1 microsecond')") }}
+            as built_last_day
+
+),
+
 changed_days as (
 
     select
@@ -106,7 +127,7 @@ changed_days as (
     cross join lateral generate_series(
         cast(touched.day_range ->> 0 as timestamp), cast(touched.day_range ->> 1 as timestamp), interval '1 day'
     ) as range_days (range_day)
-    where changed.content_changed_through > (select max(built.built_through) from {{ this }} as built)
+    where changed.content_changed_through > {{ built_through }}
 
 ),
 
@@ -116,7 +137,6 @@ family_periods as (
         changed_days.family,
         {{ period_start(grain, 'changed_days.touched_day') }} as period_start
     from changed_days
-    {%- if 'backlog' in families %}
     cross join data_end
     where
         changed_days.family != 'backlog'
@@ -124,6 +144,7 @@ family_periods as (
             cast({{ period_start(grain, 'changed_days.touched_day') }} + interval '1 {{ grain }}' - interval '1 day' as date),
             data_end.last_day
         )
+    {%- if 'backlog' in families %}
     union
     select
         'backlog' as family,
@@ -136,34 +157,64 @@ family_periods as (
     ) as moved_days (moved_day)
     {%- endif %}
 
+)
+
+select
+    family_periods.family,
+    cast(family_periods.period_start as text) as period_start,
+    cast(cast(period_days.period_day as date) as text) as period_day
+from family_periods
+cross join lateral generate_series(
+    cast(family_periods.period_start as timestamp),
+    cast(family_periods.period_start as timestamp) + interval '1 {{ grain }}' - interval '1 day',
+    interval '1 day'
+) as period_days (period_day)
+order by 1, 3
+    {%- endset -%}
+    {%- set touched = {'periods': {}, 'days': {}} -%}
+    {%- for row in run_query(query).rows -%}
+        {%- set periods = touched.periods.setdefault(row[0], []) -%}
+        {%- if row[1] not in periods -%}
+            {%- set _ = periods.append(row[1]) -%}
+        {%- endif -%}
+        {%- set _ = touched.days.setdefault(row[0], []).append(row[2]) -%}
+    {%- endfor -%}
+    {{ return(touched) }}
+{%- endmacro %}
+
+
+{#-
+    The CTEs of an incremental KPI mart that say what it rebuilds (touched:
+    kpi_touched_periods), as literals: family_periods (family, period_start) and
+    affected_periods, every period rebuilt.
+-#}
+{% macro kpi_affected_periods(touched) -%}
+    {%- set rows = [] -%}
+    {%- for family, periods in touched.periods.items() -%}
+        {%- for period in periods -%}
+            {%- set _ = rows.append("('" ~ family ~ "', cast('" ~ period ~ "' as date))") -%}
+        {%- endfor -%}
+    {%- endfor -%}
+family_periods as (
+
+    {% if rows -%}
+        select
+            touched.family,
+            touched.period_start
+        from (values {{ rows | join(', ') }}) as touched (family, period_start)
+    {%- else -%}
+        select
+            cast(null as text) as family,
+            cast(null as date) as period_start
+        where false
+    {%- endif %}
+
 ),
 
 affected_periods as (
 
     select distinct family_periods.period_start
     from family_periods
-
-),
-
--- Every day of the periods, per family and in all.
-family_days as (
-
-    select
-        family_periods.family,
-        cast(period_days.period_day as date) as affected_day
-    from family_periods
-    cross join lateral generate_series(
-        cast(family_periods.period_start as timestamp),
-        cast(family_periods.period_start as timestamp) + interval '1 {{ grain }}' - interval '1 day',
-        interval '1 day'
-    ) as period_days (period_day)
-
-),
-
-affected_days as (
-
-    select distinct family_days.affected_day
-    from family_days
 
 )
 {%- endmacro %}

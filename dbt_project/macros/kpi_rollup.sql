@@ -27,15 +27,10 @@
 {% macro kpi_rollup(grain, period_column, dims) -%}
 
     {%- set incremental = incremental_ready('built_through') is sameas true -%}
+    {%- set touched = kpi_touched_periods(grain, kpi_rollup_families() | map(attribute='days') | list) -%}
     {%- set dim_list = dims | join(", ") -%}
     {%- set dim_select = (dims | join(",\n        ")) ~ ",\n        " if dims else "" -%}
     {%- set group_by = "period_start" ~ ((", " ~ dim_list) if dims else "") -%}
-    {%- set built_last_day = (
-        ",\n        " ~ reporting_date(
-            "(" ~ as_of_timestamp(loaded_through='(select max(built.built_through) from built)')
-            ~ " - interval '1 microsecond')"
-        ) ~ " as built_last_day"
-    ) if incremental else "" -%}
 
 with
 
@@ -60,18 +55,15 @@ built as (
 
 {% endif -%}
 
--- The last day the data is known through: the period in progress ends there. On an
--- incremental run also the one the mart was built through (at most): the backlog of the
--- periods from that day to this one is read at another day now.
+-- The last day the data is known through: the period in progress ends there.
 data_end as (
 
-    select
-        {{ reporting_date("(" ~ as_of_timestamp() ~ " - interval '1 microsecond')") }} as last_day{{ built_last_day }}
+    select {{ reporting_date("(" ~ as_of_timestamp() ~ " - interval '1 microsecond')") }} as last_day
 
 ),
 
 {% if incremental -%}
-        {{ kpi_affected_periods(grain, kpi_rollup_families() | map(attribute='days') | list) }},
+        {{ kpi_affected_periods(touched) }},
     {%- endif %}
 
 created as (
@@ -81,7 +73,7 @@ created as (
         {{ dim_select }}count(*) as tickets_created,
         avg(case when returning_customer then 1.0 else 0.0 end) as returning_customer_rate
     from tickets
-    where {{ kpi_in_family_periods('created', 'created_date') }}
+    where {{ kpi_in_family_periods(touched, 'created', 'created_date') }}
     group by {{ group_by }}
 
 ),
@@ -98,7 +90,7 @@ responded as (
     from tickets
     where
         first_response_date is not null
-        and {{ kpi_in_family_periods('first_response', 'first_response_date') }}
+        and {{ kpi_in_family_periods(touched, 'first_response', 'first_response_date') }}
     group by {{ group_by }}
 
 ),
@@ -124,7 +116,7 @@ resolved as (
     from tickets
     where
         resolved_date is not null
-        and {{ kpi_in_family_periods('resolved', 'resolved_date') }}
+        and {{ kpi_in_family_periods(touched, 'resolved', 'resolved_date') }}
     group by {{ group_by }}
 
 ),
@@ -141,7 +133,7 @@ churned as (
         complaint
         and churn_proxy is not null
         and resolved_date is not null
-        and {{ kpi_in_family_periods('churn', 'resolved_date') }}
+        and {{ kpi_in_family_periods(touched, 'churn', 'resolved_date') }}
     group by {{ group_by }}
 
 ),
@@ -165,7 +157,7 @@ rated as (
     from surveys
     inner join tickets
         on surveys.ticket_id = tickets.ticket_id
-    where {{ kpi_in_family_periods('surveys', 'surveys.submitted_date') }}
+    where {{ kpi_in_family_periods(touched, 'surveys', 'surveys.submitted_date') }}
     group by {{ group_by }}
 
 ),
