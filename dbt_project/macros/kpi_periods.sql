@@ -144,7 +144,6 @@ family_periods as (
             cast({{ period_start(grain, 'changed_days.touched_day') }} + interval '1 {{ grain }}' - interval '1 day' as date),
             data_end.last_day
         )
-    {%- if 'backlog' in families %}
     union
     select
         'backlog' as family,
@@ -155,7 +154,7 @@ family_periods as (
         cast(data_end.last_day as timestamp),
         interval '1 day'
     ) as moved_days (moved_day)
-    {%- endif %}
+    where {{ 'backlog' in families }}
 
 )
 
