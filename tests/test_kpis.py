@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import json
 import math
 import os
 import subprocess
@@ -26,6 +27,8 @@ import pandas as pd
 import psycopg2
 import pytest
 from sqlalchemy.engine import make_url
+
+from serviceloop import contract
 
 pytestmark = pytest.mark.slow
 
@@ -67,6 +70,11 @@ INCREMENTAL_INPUTS = {
     "intermediate.int_ticket_sla_clock": "ticket_id",
 }
 KPI_MARTS = [name for name in MARTS_KEYS if name.startswith("kpi_") and name != "kpi_scorecard"]
+# What a ticket's KPI days depend on (macros/kpi_days.sql), read before and after a change.
+TICKET_STATE = (
+    "ticket_id, team_id, channel, priority, status, created_date, first_response_date, resolved_date, closed_date,"
+    " resolution_due_at, survey_digest, returning_customer, churn_proxy, kpi_days_to, content_changed_through"
+)
 
 
 # --- the warehouse under test -----------------------------------------------------------
@@ -182,6 +190,56 @@ def _change_one_percent(helpdesk_url: str, when: dt.datetime) -> list[str]:
     return changed
 
 
+def _edit_customer_sequences(helpdesk_url: str, when: dt.datetime) -> dict[str, str]:
+    """Edits that reach other tickets only through the customer's sequence of tickets.
+
+    - ``preceded``: a customer's first ticket (closed) gets a new ticket of the same
+      customer created an hour before it: it becomes a returning customer's ticket.
+    - ``left_behind``: a customer's first ticket moves to another customer: the customer's
+      second ticket is no longer a returning customer's.
+    Returns those tickets' ids; they are closed and created in the 4 days before the days
+    the other edits reach (RECENT), so their own records do not change. (The churn proxy reads the
+    next ticket as the returning-customer flag reads the one before; this simulated month
+    has no complaint to show it on.)
+    """
+    columns = ", ".join(contract.TICKET.columns)
+    # After the days the untouched-days check looks at (before RECENT - 5 days).
+    start = RECENT - dt.timedelta(days=4)
+    with contextlib.closing(psycopg2.connect(helpdesk_url)) as conn, conn.cursor() as cur:
+        cur.execute(
+            """
+            with ranked as (
+                select *, row_number() over (partition by customer_id order by created_at, ticket_id) as position
+                from hd_tickets
+            )
+            select first.ticket_id, second.ticket_id
+            from ranked as first
+            join ranked as second on second.customer_id = first.customer_id and second.position = 2
+            where first.position = 1 and first.status = 'closed' and second.status = 'closed'
+              and first.created_at >= %s and second.created_at < %s
+            order by md5(first.ticket_id) limit 2
+            """,
+            (start, RECENT),
+        )
+        (preceded, _), (moved, left_behind) = cur.fetchall()
+        cur.execute(
+            f"""
+            insert into hd_tickets ({columns})
+            select ticket_id || '-earlier', source_system, created_at - interval '1 hour', %s, channel, customer_id,
+                   customer_segment, category, subcategory, priority, impact, urgency, team_id, null, 'new',
+                   null, null, null, 0, 0, false, null, null
+            from hd_tickets where ticket_id = %s
+            """,
+            (when, preceded),
+        )
+        cur.execute(
+            "update hd_tickets set customer_id = customer_id || '-moved', updated_at = %s where ticket_id = %s",
+            (when, moved),
+        )
+        conn.commit()
+    return {"preceded": preceded, "left_behind": left_behind}
+
+
 @pytest.fixture(scope="module")
 def marts(warehouse_url, tmp_path_factory):
     from serviceloop import schema
@@ -204,17 +262,33 @@ def marts(warehouse_url, tmp_path_factory):
     _dbt(url, target, "seed")
     _dbt(url, target, "run")
     first = _checksums(url)
+    staged_before = _query(url, "select ticket_id, loaded_at from staging.stg_helpdesk__tickets")
     _dbt(url, target, "run")
     again = _checksums(url)
     daily_before = _query(url, "select kpi_date, team_id, channel, priority, built_through from marts.kpi_daily")
+    tickets_before = _query(url, f"select {TICKET_STATE} from marts.fct_tickets")
 
-    # A day later: the helpdesk has a day of new tickets and updates, and ~1 % of the old
-    # tickets were moved to another team and priority.
+    # A day later: the helpdesk has a day of new tickets and updates, ~1 % of the old
+    # tickets were moved to another team and priority, and some customers' sequences of
+    # tickets changed. kpi_daily misses that run.
     write_helpdesk(data, helpdesk_url, as_of=SECOND_END)
     changed = _change_one_percent(helpdesk_url, SECOND_END - dt.timedelta(hours=1))
+    sequences = _edit_customer_sequences(helpdesk_url, SECOND_END - dt.timedelta(hours=1))
     write_survey_drop(data, drops / "surveys", as_of=SECOND_END)
     _ingest(url, helpdesk_url, drops, SECOND_END)
-    incremental_log = _dbt(url, target, "run")
+    incremental_log = _dbt(url, target, "run", "--exclude", "kpi_daily")
+    tickets_after = _query(url, f"select {TICKET_STATE}, kpi_days_touched from marts.fct_tickets")
+    staged_after = _query(url, "select ticket_id, loaded_at from staging.stg_helpdesk__tickets")
+    # The moved tickets change again, in a column no KPI reads, and the interval is
+    # ingested again: kpi_daily, built next, still has to move the days of the first change.
+    with contextlib.closing(psycopg2.connect(helpdesk_url)) as conn, conn.cursor() as cur:
+        cur.execute(
+            "update hd_tickets set resolution_code = 'revised', updated_at = %s where ticket_id = any(%s)",
+            (SECOND_END - dt.timedelta(minutes=30), changed),
+        )
+        conn.commit()
+    _ingest(url, helpdesk_url, drops, SECOND_END)
+    _dbt(url, target, "run")
     incremental = _checksums(url)
     daily_after = _query(url, "select kpi_date, team_id, channel, priority, built_through from marts.kpi_daily")
     _dbt(url, target, "run", "--full-refresh")
@@ -222,6 +296,8 @@ def marts(warehouse_url, tmp_path_factory):
     yield {
         "url": url, "first": first, "again": again, "incremental": incremental, "rebuilt": rebuilt,
         "daily_before": daily_before, "daily_after": daily_after, "changed": changed, "log": incremental_log,
+        "tickets_before": tickets_before, "tickets_after": tickets_after, "staged_before": staged_before,
+        "staged_after": staged_after, "sequences": sequences,
     }  # fmt: skip
     _drop_database(url)
     _drop_database(helpdesk_url)
@@ -434,6 +510,9 @@ def test_a_build_without_new_data_changes_nothing(marts):
     assert marts["again"] == marts["first"]
 
 
+# kpi_daily missed the first incremental run, and the tickets whose change it missed changed
+# again in a way that moves no KPI before it was built: it still rebuilds the days of the
+# first change.
 def test_an_incremental_build_equals_a_full_rebuild_and_leaves_untouched_days_alone(marts):
     assert marts["changed"], "the test changed no ticket"
     assert marts["incremental"] == marts["rebuilt"]
@@ -446,6 +525,68 @@ def test_an_incremental_build_equals_a_full_rebuild_and_leaves_untouched_days_al
     early = [d < (RECENT - dt.timedelta(days=5)).date() for d in before.index.get_level_values("kpi_date")]
     assert kept[early].all() and sum(early) > 100
     assert (~kept).sum() > 0
+
+
+def _days(first: dt.date, last: dt.date) -> set[dt.date]:
+    return {first + dt.timedelta(days=n) for n in range((last - first).days + 1)}
+
+
+def test_a_ticket_resolved_since_moves_only_its_resolution_day_and_its_backlog_s_end(marts):
+    before = marts["tickets_before"].set_index("ticket_id")
+    after = marts["tickets_after"].set_index("ticket_id").reindex(before.index)
+    same = ["team_id", "channel", "priority", "created_date", "first_response_date", "survey_digest",
+            "returning_customer", "churn_proxy"]  # fmt: skip
+    resolved = (
+        before["resolved_date"].isna()
+        & before["closed_date"].isna()
+        & after["resolved_date"].notna()
+        & after["status"].isin(["resolved", "closed"])
+        & (before[same].fillna("-").astype(str) == after[same].fillna("-").astype(str)).all(axis=1)
+    )
+    assert resolved.sum() > 0, "no ticket was only resolved in the increment"
+    for ticket_id in before.index[resolved]:
+        old, new = before.loc[ticket_id], after.loc[ticket_id]
+        old_end, new_end = old["kpi_days_to"], new["resolved_date"] - dt.timedelta(days=1)
+        first, last = min(old_end, new_end), max(old_end, new_end)
+        # Its resolution day (and its close, when it was closed too) ...
+        expected = {new["resolved_date"]} | ({new["closed_date"]} if pd.notna(new["closed_date"]) else set())
+        # ... and the backlog days between the old and the new end of its backlog.
+        expected |= _days(first, last)
+        dues = [old["resolution_due_at"], new["resolution_due_at"]]
+        if str(dues[0]) != str(dues[1]):
+            # The backlog days whose overdue flag the moved deadline can change.
+            known = [due.date() for due in dues if pd.notna(due)]
+            expected |= _days(max(new["created_date"], min(known)), last if len(known) < 2 else min(last, max(known)))
+        touched = {
+            day
+            for ranges in json.loads(new["kpi_days_touched"]).values()
+            for start, end in ranges
+            for day in _days(dt.date.fromisoformat(start), dt.date.fromisoformat(end))
+        }
+        # Not its creation or first response day, nor the backlog days before the end.
+        assert touched == expected, ticket_id
+
+
+def test_a_customer_s_new_or_moved_ticket_updates_its_neighbours_and_no_one_else(marts):
+    sequences = marts["sequences"]
+    before = marts["tickets_before"].set_index("ticket_id")
+    after = marts["tickets_after"].set_index("ticket_id")
+    staged_before = marts["staged_before"].set_index("ticket_id")["loaded_at"]
+    staged_after = marts["staged_after"].set_index("ticket_id")["loaded_at"]
+    # A ticket now preceded by another of its customer's; one whose predecessor moved away.
+    assert not before.loc[sequences["preceded"], "returning_customer"]
+    assert after.loc[sequences["preceded"], "returning_customer"]
+    assert before.loc[sequences["left_behind"], "returning_customer"]
+    assert not after.loc[sequences["left_behind"], "returning_customer"]
+    for role, ticket_id in sequences.items():
+        # Their own records did not change: the neighbour rule rebuilt them ...
+        assert staged_after[ticket_id] == staged_before[ticket_id], role
+        # ... and the KPIs of the days they count on moved (test_an_incremental_build_equals_...).
+        assert after.loc[ticket_id, "content_changed_through"] > before.loc[ticket_id, "content_changed_through"]
+    # The neighbours' other tickets, unchanged, kept their rows.
+    kept = before.index.intersection(after.index)
+    moved = after.loc[kept, "content_changed_through"] != before.loc[kept, "content_changed_through"]
+    assert moved.sum() < len(kept) / 2
 
 
 def test_the_analyst_role_reads_the_marts_and_nothing_else(marts):

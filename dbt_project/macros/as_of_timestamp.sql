@@ -6,16 +6,19 @@
     source's tickets (ops.batches, written by the ingest; an import's is its export's last
     update). Using the data's own clock, not
     the database's, makes the marts a function of what was loaded, so rebuilding an
-    interval gives the same result whenever it runs.
+    interval gives the same result whenever it runs. With loaded_through (a SQL
+    expression), the moment as it stood once the batches loaded by then were in (at most:
+    a later batch for an earlier window does not count).
 -#}
-{% macro as_of_timestamp() -%}
+{% macro as_of_timestamp(loaded_through=none) -%}
+    {%- set loaded_by = ' and loaded_at <= ' ~ loaded_through if loaded_through else '' -%}
     {%- if var("as_of", none) -%}
         cast('{{ var("as_of") }}' as timestamptz)
     {%- else -%}
         (
             select coalesce(max(window_end), current_timestamp)
             from {{ source('ops', 'batches') }}
-            where entity = 'tickets'
+            where entity = 'tickets'{{ loaded_by }}
         )
     {%- endif -%}
 {%- endmacro %}

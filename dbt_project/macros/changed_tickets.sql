@@ -11,23 +11,25 @@
     latest_version.sql), so a record read again unchanged (the extraction's overlap
     window, a rerun of an interval) rebuilds nothing. With ticket_state=true (fct_tickets)
     also the tickets still open, since whether an open ticket has breached its SLA depends
-    on the moment the data is known through (macros/as_of_timestamp.sql), and the tickets
-    of the customers whose sequence of tickets changed (returning customer and churn proxy
-    look at the customer's tickets before and after: a new ticket, or one moved to another
-    customer or creation time, changes its neighbours; a status change does not). The watermark is the data's own load time, not the clock,
+    on the moment the data is known through (macros/as_of_timestamp.sql), and the
+    neighbours of the tickets that moved in their customer's sequence (ordered by
+    created_at, then ticket_id). A ticket's returning-customer flag reads only the
+    customer's ticket just before it and its churn proxy only the one just after it
+    (fct_tickets' previous_ticket_at and next_ticket_at), so a new ticket, or one moved to
+    another customer or creation time, changes those two values of its predecessor and
+    successor in the new sequence and of the ones it left in the old sequence (they become
+    each other's neighbours), and of no other ticket; a status change changes none. The
+    watermark is the data's own load time, not the clock,
     so a second run without new data rebuilds nothing but the open tickets, identically.
-    Staging's loaded_at is indexed: finding the changed tickets reads only them.
+    Staging's loaded_at is indexed: finding the changed tickets reads only them. The
+    watermark is read when the model compiles and written into the SQL as a literal, so
+    the planner knows how few rows follow it (a subquery would be planned as a third of
+    the table).
 -#}
 {% macro changed_ticket_ids(entities=('tickets', 'ticket_events', 'surveys'), ticket_state=false) -%}
+    {%- set loaded_through = latest_value_literal(this, 'source_loaded_at') -%}
     (
         with
-
-        watermark as (
-
-            select coalesce(max(source_loaded_at), cast('-infinity' as timestamptz)) as loaded_through
-            from {{ this }}
-
-        ),
 
         loaded as (
 
@@ -42,7 +44,7 @@
         {%- endif %}
             select staged_records.ticket_id
             from {{ ref(staged[entity]) }} as staged_records
-            where staged_records.loaded_at > (select watermark.loaded_through from watermark)
+            where staged_records.loaded_at > {{ loaded_through }}
     {%- endfor %}
 
         ){% if ticket_state %},
@@ -55,11 +57,16 @@
 
         ),
 
-        -- The customers whose sequence of tickets changed: a new ticket, or one that moved
-        -- to another customer or another creation time (old and new customer both).
-        moved_customers as (
+        -- The tickets that moved in their customer's sequence: new, or moved to another
+        -- customer or creation time; built_* is where they stood (null for a new one).
+        moved as (
 
-            select changed.customer_id
+            select
+                changed.ticket_id,
+                changed.customer_id,
+                changed.created_at,
+                built.customer_id as built_customer_id,
+                built.created_at as built_created_at
             from {{ ref('int_tickets_unioned') }} as changed
             left join {{ this }} as built
                 on changed.ticket_id = built.ticket_id
@@ -71,23 +78,20 @@
                     or built.created_at is distinct from changed.created_at
                 )
 
-            union
-
-            select built.customer_id
-            from {{ this }} as built
-            inner join {{ ref('int_tickets_unioned') }} as changed
-                on built.ticket_id = changed.ticket_id
-            where
-                built.ticket_id in (select loaded.ticket_id from loaded)
-                and built.customer_id is distinct from changed.customer_id
-
         ),
 
+        -- Their neighbours: the customer's tickets just before and just after them now
+        -- (staging) and where they were (the table as built). Index lookups on
+        -- (customer_id, created_at, ticket_id) of both.
         same_customer as (
 
-            select same.ticket_id
-            from {{ ref('int_tickets_unioned') }} as same
-            where same.customer_id in (select moved_customers.customer_id from moved_customers)
+            {{ customer_neighbour(ref('int_tickets_unioned'), 'moved.customer_id', 'moved.created_at', '<') }}
+            union
+            {{ customer_neighbour(ref('int_tickets_unioned'), 'moved.customer_id', 'moved.created_at', '>') }}
+            union
+            {{ customer_neighbour(this, 'moved.built_customer_id', 'moved.built_created_at', '<') }}
+            union
+            {{ customer_neighbour(this, 'moved.built_customer_id', 'moved.built_created_at', '>') }}
 
         ){% endif %}
 
@@ -100,6 +104,27 @@
     {%- endif %}
     )
 {%- endmacro %}
+
+{#-
+    The ticket just before (direction '<') or just after ('>') each moved ticket in its
+    customer's sequence in relation, as a select of ticket_id. Ordered as fct_tickets' customer history is: created_at, then
+    ticket_id.
+-#}
+{% macro customer_neighbour(relation, customer_id, created_at, direction) -%}
+    {%- set order = 'desc' if direction == '<' else 'asc' -%}
+    select neighbour.ticket_id
+    from moved
+    cross join lateral (
+        select same.ticket_id
+        from {{ relation }} as same
+        where
+            same.customer_id = {{ customer_id }}
+            and (same.created_at, same.ticket_id) {{ direction }} ({{ created_at }}, moved.ticket_id)
+        order by same.created_at {{ order }}, same.ticket_id {{ order }}
+        limit 1
+    ) as neighbour
+{%- endmacro %}
+
 
 {#-
     When the ingest last loaded a batch (ops.batches.loaded_at; an empty batch counts, as it
@@ -123,4 +148,20 @@
     {%- else -%}
         select ticket_id from {{ full_build }}
     {%- endif %}
+{%- endmacro %}
+
+
+{#-
+    The latest value of a timestamptz column of a relation as a SQL literal, read when the
+    model compiles (-infinity when the relation is empty, or while dbt only parses).
+-#}
+{% macro latest_value_literal(relation, column) -%}
+    {%- set value = '-infinity' -%}
+    {%- if execute -%}
+        {%- set result = run_query(
+            "select cast(coalesce(max(" ~ column ~ "), '-infinity') as text) from " ~ relation
+        ) -%}
+        {%- set value = result.columns[0].values()[0] -%}
+    {%- endif -%}
+    cast('{{ value }}' as timestamptz)
 {%- endmacro %}

@@ -14,29 +14,46 @@
 
     Incremental: a run rebuilds only the periods touched by tickets whose content changed
     since the mart was last built (fct_tickets.content_changed_through), over the days the
-    change moved (fct_tickets.kpi_days_touched, macros/kpi_days.sql; every day the ticket
-    counts on after a full build of fct_tickets); the model's unique_key is the period
-    column, so delete+insert replaces those periods whole.
+    change moved for each family (fct_tickets.kpi_days_touched, macros/kpi_days.sql); the
+    model's unique_key is the period column, so delete+insert replaces those periods
+    whole. In a rebuilt period, a family whose days were not touched keeps its columns of
+    the row it had (a segment keeps a family's columns where the family counted a ticket:
+    its count is above 0), so a period touched only by, say, the backlog does not read
+    the period's resolutions again. A backlog day counts only where it is a period's
+    backlog day (its last day, or the data's last day for the period in progress), and an
+    incremental run reads the backlog at those days alone: the tickets created by then and
+    not resolved by then, found by fct_tickets' index on resolved_date.
 -#}
 {% macro kpi_rollup(grain, period_column, dims) -%}
 
+    {%- set incremental = incremental_ready('built_through') is sameas true -%}
+    {%- set touched = kpi_touched_periods(grain, kpi_rollup_families() | map(attribute='days') | list) -%}
     {%- set dim_list = dims | join(", ") -%}
     {%- set dim_select = (dims | join(",\n        ")) ~ ",\n        " if dims else "" -%}
     {%- set group_by = "period_start" ~ ((", " ~ dim_list) if dims else "") -%}
 
 with
 
-tickets as (
+tickets as not materialized (
 
     select * from {{ ref('fct_tickets') }}
 
 ),
 
-surveys as (
+surveys as not materialized (
 
     select * from {{ ref('fct_surveys') }}
 
 ),
+
+{% if incremental -%}
+built as (
+
+    select * from {{ this }}
+
+),
+
+{% endif -%}
 
 -- The last day the data is known through: the period in progress ends there.
 data_end as (
@@ -45,8 +62,8 @@ data_end as (
 
 ),
 
-{% if incremental_ready('built_through') is sameas true -%}
-        {{ kpi_affected_periods(grain) }},
+{% if incremental -%}
+        {{ kpi_affected_periods(touched) }},
     {%- endif %}
 
 created as (
@@ -56,7 +73,7 @@ created as (
         {{ dim_select }}count(*) as tickets_created,
         avg(case when returning_customer then 1.0 else 0.0 end) as returning_customer_rate
     from tickets
-    where {{ kpi_in_affected_periods(grain, 'created_date') }}
+    where {{ kpi_in_family_periods(touched, 'created', 'created_date') }}
     group by {{ group_by }}
 
 ),
@@ -73,7 +90,7 @@ responded as (
     from tickets
     where
         first_response_date is not null
-        and {{ kpi_in_affected_periods(grain, 'first_response_date') }}
+        and {{ kpi_in_family_periods(touched, 'first_response', 'first_response_date') }}
     group by {{ group_by }}
 
 ),
@@ -95,13 +112,28 @@ resolved as (
         avg(case when survey_count > 0 then 1.0 else 0.0 end) as survey_response_rate,
         avg(coalesce(handoff_count, 0)) as handoffs_per_ticket,
         avg(case when reassignment_count > 0 then 1.0 else 0.0 end) as reassignment_rate,
-        avg(case when ping_pong then 1.0 else 0.0 end) as ping_pong_rate,
-        avg(case when churn_proxy then 1.0 else 0.0 end) filter (where churn_proxy is not null and complaint)
-            as churn_proxy_rate
+        avg(case when ping_pong then 1.0 else 0.0 end) as ping_pong_rate
     from tickets
     where
         resolved_date is not null
-        and {{ kpi_in_affected_periods(grain, 'resolved_date') }}
+        and {{ kpi_in_family_periods(touched, 'resolved', 'resolved_date') }}
+    group by {{ group_by }}
+
+),
+
+-- The complaints resolved in the period whose churn proxy is decided (fct_tickets' index on
+-- complaint, resolved_date).
+churned as (
+
+    select
+        {{ period_start(grain, 'resolved_date') }} as period_start,
+        {{ dim_select }}avg(case when churn_proxy then 1.0 else 0.0 end) as churn_proxy_rate
+    from tickets
+    where
+        complaint
+        and churn_proxy is not null
+        and resolved_date is not null
+        and {{ kpi_in_family_periods(touched, 'churn', 'resolved_date') }}
     group by {{ group_by }}
 
 ),
@@ -125,49 +157,14 @@ rated as (
     from surveys
     inner join tickets
         on surveys.ticket_id = tickets.ticket_id
-    where {{ kpi_in_affected_periods(grain, 'surveys.submitted_date') }}
+    where {{ kpi_in_family_periods(touched, 'surveys', 'surveys.submitted_date') }}
     group by {{ group_by }}
 
 ),
 
--- A ticket is in the backlog at the end of each day from its creation to the day before
--- its resolution (to the last known day while open); a period's backlog is the one at the
--- end of its last day.
-open_days as (
-
-    select
-        tickets.*,
-        cast(backlog_days.backlog_day as date) as backlog_day
-    from tickets
-    cross join data_end
-    cross join lateral generate_series(
-        cast(tickets.created_date as timestamp),
-        cast(coalesce(tickets.resolved_date - 1, data_end.last_day) as timestamp),
-        interval '1 day'
-    ) as backlog_days (backlog_day)
-    where
-        tickets.status != 'cancelled'
-        and {{ kpi_open_in_affected_periods('coalesce(tickets.resolved_date, data_end.last_day + 1)') }}
-),
-
-period_ends as (
-
-    select
-        open_days.*,
-        cast(open_days.backlog_day + 1 as timestamp) at time zone '{{ var("reporting_timezone", "UTC") }}'
-            as backlog_at
-    from open_days
-    cross join data_end
-    where
-        (
-            {{ period_start(grain, 'open_days.backlog_day + 1') }}
-            != {{ period_start(grain, 'open_days.backlog_day') }}
-            or open_days.backlog_day = data_end.last_day
-        )
-        and open_days.backlog_day <= data_end.last_day
-        and {{ kpi_in_affected_periods(grain, 'open_days.backlog_day') }}
-
-),
+-- The tickets in the backlog at the end of each period (or of the last day the data is
+-- known through).
+{{ kpi_backlog_period_ends(grain, incremental) }},
 
 backlog as (
 
@@ -181,19 +178,8 @@ backlog as (
 
 ),
 
-segments as (
-
-    select {{ group_by }} from created
-    union
-    select {{ group_by }} from responded
-    union
-    select {{ group_by }} from resolved
-    union
-    select {{ group_by }} from rated
-    union
-    select {{ group_by }} from backlog
-
-),
+-- Each family's rows (on an incremental run with those it keeps) and every segment.
+{{ kpi_family_rows(period_column, dims, group_by, incremental) }},
 
 final as (
 
@@ -226,25 +212,28 @@ final as (
         {{ rounded('rated.nps', 2) }} as nps,
         {{ rounded('resolved.survey_response_rate', 4) }} as survey_response_rate,
         {{ rounded('created.returning_customer_rate', 4) }} as returning_customer_rate,
-        {{ rounded('resolved.churn_proxy_rate', 4) }} as churn_proxy_rate,
+        {{ rounded('churned.churn_proxy_rate', 4) }} as churn_proxy_rate,
         {{ rounded('resolved.handoffs_per_ticket', 4) }} as handoffs_per_ticket,
         {{ rounded('resolved.reassignment_rate', 4) }} as reassignment_rate,
         {{ rounded('resolved.ping_pong_rate', 4) }} as ping_pong_rate,
         (select max(built.content_changed_through) from tickets as built) as built_through
     from segments
-    left join created
+    left join created_rows as created
         on
             {{ kpi_same_segment('segments', 'created', dims) }}
-    left join responded
+    left join responded_rows as responded
         on
             {{ kpi_same_segment('segments', 'responded', dims) }}
-    left join resolved
+    left join resolved_rows as resolved
         on
             {{ kpi_same_segment('segments', 'resolved', dims) }}
-    left join rated
+    left join churned_rows as churned
+        on
+            {{ kpi_same_segment('segments', 'churned', dims) }}
+    left join rated_rows as rated
         on
             {{ kpi_same_segment('segments', 'rated', dims) }}
-    left join backlog
+    left join backlog_rows as backlog
         on
             {{ kpi_same_segment('segments', 'backlog', dims) }}
 
@@ -252,71 +241,4 @@ final as (
 
 select * from final
 
-{%- endmacro %}
-
-
-{#- The first day of the period (day, week from Monday, month) a date falls in. -#}
-{% macro period_start(grain, date_expression) -%}
-    {%- if grain == 'day' -%}
-        cast({{ date_expression }} as date)
-    {%- else -%}
-        cast(date_trunc('{{ grain }}', {{ date_expression }}) as date)
-    {%- endif -%}
-{%- endmacro %}
-
-
-{#- On an incremental run, whether a date falls in a period being rebuilt; true otherwise. -#}
-{% macro kpi_in_affected_periods(grain, date_expression) -%}
-    {%- if incremental_ready('built_through') is sameas true -%}
-        {{ period_start(grain, date_expression) }} in (select affected_periods.period_start from affected_periods)
-    {%- else -%}
-        true
-    {%- endif -%}
-{%- endmacro %}
-
-
-{#- Whether a ticket resolved on end_date (open: a later day) can be in the backlog of an
-    affected period: not if it was resolved before the first one. -#}
-{% macro kpi_open_in_affected_periods(end_date) -%}
-    {%- if incremental_ready('built_through') is sameas true -%}
-        {{ end_date }} > (select min(affected_periods.period_start) from affected_periods)
-    {%- else -%}
-        true
-    {%- endif -%}
-{%- endmacro %}
-
-
-{#-
-    The CTEs changed_days and affected_periods of an incremental KPI mart: the periods
-    (of the grain) touched by tickets whose content changed since the mart was last built
-    (its max(built_through)).
--#}
-{% macro kpi_affected_periods(grain) -%}
-changed_days as (
-
-    select touched.touched_day
-    from {{ ref('fct_tickets') }} as changed
-    cross join lateral unnest(
-        coalesce(cast(changed.kpi_days_touched as date []), {{ kpi_day_range('changed.kpi_days_from', 'changed.kpi_days_to') }})
-    ) as touched (touched_day)
-    where changed.content_changed_through > (select max(built.built_through) from {{ this }} as built)
-
-),
-
-affected_periods as (
-
-    select distinct {{ period_start(grain, 'changed_days.touched_day') }} as period_start
-    from changed_days
-
-)
-{%- endmacro %}
-
-
-{#- The join condition of two relations on the period and the dimension columns. -#}
-{% macro kpi_same_segment(left, right, dims) -%}
-    {%- set conditions = [left ~ ".period_start = " ~ right ~ ".period_start"] -%}
-    {%- for dim in dims -%}
-        {%- set _ = conditions.append(left ~ "." ~ dim ~ " = " ~ right ~ "." ~ dim) -%}
-    {%- endfor -%}
-    {{ conditions | join("\n            and ") }}
 {%- endmacro %}

@@ -10,19 +10,26 @@
     build ranks every key. Pass the raw table as loaded when relation is a CTE: the keys
     are then looked up in the table (by its index on _loaded_at), not in the CTE, which
     PostgreSQL would materialise whole for being read twice.
+
+    When the order is by load alone (order_by "_loaded_at desc", the default: events and
+    surveys, which do not change once they happened), a key's latest version is always
+    one of the versions loaded since the table's newest load, so only those are ranked,
+    found by the raw table's index on _loaded_at: the key's older versions, which the
+    lookup by key would read from the whole raw table, cannot win. The table's newest
+    load is written into the SQL as a literal (macros/changed_tickets.sql's
+    latest_value_literal), so the planner sees how few rows are that new.
 -#}
 
 {#- In an incremental staging table: only the keys loaded (into the raw table loaded) since
-    its newest load. -#}
-{% macro loaded_since_staged(loaded, key) -%}
-    {%- if incremental_ready('loaded_at') is sameas true -%}
+    its newest load; with newest_load_wins, only their versions loaded since then. -#}
+{% macro loaded_since_staged(loaded, key, newest_load_wins=false) -%}
+    {%- if incremental_ready('loaded_at') is sameas true and newest_load_wins -%}
+        where _loaded_at > {{ latest_value_literal(this, 'loaded_at') }}
+    {%- elif incremental_ready('loaded_at') is sameas true -%}
         where {{ key }} in (
             select newer.{{ key }}
             from {{ loaded }} as newer
-            where newer._loaded_at > (
-                select coalesce(max(staged.loaded_at), cast('-infinity' as timestamptz))
-                from {{ this }} as staged
-            )
+            where newer._loaded_at > {{ latest_value_literal(this, 'loaded_at') }}
         )
     {%- endif -%}
 {%- endmacro %}
@@ -36,7 +43,7 @@
                 partition by {{ key }}
                 order by {{ order_by }}
             ) as version_rank
-        from {{ relation }} {{ loaded_since_staged(loaded or relation, key) }}
+        from {{ relation }} {{ loaded_since_staged(loaded or relation, key, order_by.strip() == '_loaded_at desc') }}
     ) as versions
     where version_rank = 1
 {%- endmacro %}

@@ -4,11 +4,20 @@
         unique_key='ticket_id',
         incremental_strategy='delete+insert',
         on_schema_change='append_new_columns',
-        indexes=[{'columns': ['ticket_id']}, {'columns': ['content_changed_through']}],
+        indexes=[
+            {'columns': ['ticket_id']}, {'columns': ['content_changed_through']},
+            {'columns': ['customer_id', 'created_at', 'ticket_id']},
+            {'columns': ['created_date']}, {'columns': ['first_response_date']},
+            {'columns': ['resolved_date']}, {'columns': ['closed_date']}, {'columns': ['complaint', 'resolved_date']},
+        ],
+        post_hook=['analyze {{ this }}'],
     )
 }}
 
-{%- set incremental = incremental_ready('kpi_days_touched') is sameas true %}
+{%- set incremental = incremental_ready('survey_digest') is sameas true %}
+{#- On an incremental run every input is read for the rebuilt tickets only (by their
+    ticket_id indexes). -#}
+{%- set rebuilt_only = 'where ticket_id in (select changed.ticket_id from changed)' if incremental else '' %}
 
 with
 
@@ -25,35 +34,27 @@ tickets as (
 
 ),
 
--- Every ticket of the rebuilt tickets' customers (their neighbours in time).
-customers_tickets as (
-
-    select * from {{ ref('int_tickets_unioned') }}
-    where customer_id in (select tickets.customer_id from tickets)
-
-),
-
 lifecycle as (
 
-    select * from {{ ref('int_ticket_lifecycle_staged') }}
+    select * from {{ ref('int_ticket_lifecycle_staged') }} {{ rebuilt_only }}
 
 ),
 
 sla_clock as (
 
-    select * from {{ ref('int_ticket_sla_clock') }}
+    select * from {{ ref('int_ticket_sla_clock') }} {{ rebuilt_only }}
 
 ),
 
 surveys as (
 
-    select * from {{ ref('stg_survey_drop__surveys') }}
+    select * from {{ ref('stg_survey_drop__surveys') }} {{ rebuilt_only }}
 
 ),
 
 events as (
 
-    select * from {{ ref('int_ticket_events_unioned') }}
+    select * from {{ ref('int_ticket_events_unioned') }} {{ rebuilt_only }}
 
 ),
 
@@ -102,6 +103,9 @@ survey_totals as (
         bool_or(complaint) as complaint,
         min({{ reporting_date('submitted_at') }}) as first_survey_date,
         max({{ reporting_date('submitted_at') }}) as last_survey_date,
+        md5(string_agg(
+            cast(row(survey_id, submitted_at, csat, nps, complaint) as text), ',' order by survey_id
+        )) as survey_digest,
         max(loaded_at) as loaded_at
     from surveys
     group by ticket_id
@@ -118,21 +122,49 @@ event_loads as (
 
 ),
 
--- The customer's tickets before and after this one, for the returning-customer rate and
--- the churn proxy.
+-- The customer's tickets just before and just after this one (by created_at, then
+-- ticket_id), for the returning-customer rate and the churn proxy: a window over every
+-- ticket on a full build, index lookups on (customer_id, created_at, ticket_id) for the
+-- rebuilt tickets otherwise.
 customer_history as (
 
-    select
-        ticket_id,
-        lag(created_at) over (
-            partition by customer_id
-            order by created_at asc, ticket_id asc
-        ) as previous_ticket_at,
-        lead(created_at) over (
-            partition by customer_id
-            order by created_at asc, ticket_id asc
-        ) as next_ticket_at
-    from customers_tickets
+    {% if incremental -%}
+        select
+            tickets.ticket_id,
+            previous_ticket.created_at as previous_ticket_at,
+            next_ticket.created_at as next_ticket_at
+        from tickets
+        left join lateral (
+            select same.created_at
+            from {{ ref('int_tickets_unioned') }} as same
+            where
+                same.customer_id = tickets.customer_id
+                and (same.created_at, same.ticket_id) < (tickets.created_at, tickets.ticket_id)
+            order by same.created_at desc, same.ticket_id desc
+            limit 1
+        ) as previous_ticket on true
+        left join lateral (
+            select same.created_at
+            from {{ ref('int_tickets_unioned') }} as same
+            where
+                same.customer_id = tickets.customer_id
+                and (same.created_at, same.ticket_id) > (tickets.created_at, tickets.ticket_id)
+            order by same.created_at asc, same.ticket_id asc
+            limit 1
+        ) as next_ticket on true
+    {%- else -%}
+        select
+            ticket_id,
+            lag(created_at) over (
+                partition by customer_id
+                order by created_at asc, ticket_id asc
+            ) as previous_ticket_at,
+            lead(created_at) over (
+                partition by customer_id
+                order by created_at asc, ticket_id asc
+            ) as next_ticket_at
+        from {{ ref('int_tickets_unioned') }}
+    {%- endif %}
 
 ),
 
@@ -189,6 +221,7 @@ enriched as (
         latest_surveys.nps,
         survey_totals.first_survey_date,
         survey_totals.last_survey_date,
+        survey_totals.survey_digest,
         customer_history.previous_ticket_at,
         customer_history.next_ticket_at,
         coalesce(survey_totals.survey_count, 0) as survey_count,
@@ -292,6 +325,7 @@ ticket_rows as (
         complaint,
         first_survey_date,
         last_survey_date,
+        survey_digest,
         intake_hours,
         assignment_hours,
         execution_hours,
@@ -337,7 +371,7 @@ previous as (
 -- Versioning for the KPI marts: content_changed_through is the ingest batch the row's
 -- content last changed with (a rebuilt row identical to the one it replaces keeps the old
 -- value), and kpi_days_touched the days whose KPIs the change moved (macros/kpi_days.sql),
--- kept across changes until the row changes again.
+-- with those of the version it replaces while a KPI mart has not been built since that one.
 final as (
 
     select
@@ -348,7 +382,12 @@ final as (
         end as content_changed_through,
         case
             when previous.row_hash = hashed.row_hash then previous.kpi_days_touched
-            else {{ kpi_days_touched('previous', 'hashed') }}
+            else {{ kpi_days_touched(
+                'previous', 'hashed',
+                retain_previous=(
+                    'coalesce(previous.content_changed_through > ' ~ kpi_marts_built_through() ~ ', true)'
+                ) if incremental else none,
+            ) }}
         end as kpi_days_touched
     from hashed
     left join previous

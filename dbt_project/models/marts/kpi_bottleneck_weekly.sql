@@ -6,22 +6,24 @@
     )
 }}
 
+{%- set touched = kpi_touched_periods('week', ['closed']) %}
+
 with
 
-tickets as (
+tickets as not materialized (
 
     select * from {{ ref('fct_tickets') }}
 
 ),
 
-stages as (
+stages as not materialized (
 
     select * from {{ ref('fct_ticket_stages') }}
 
 ),
 
 {% if incremental_ready('built_through') is sameas true -%}
-    {{ kpi_affected_periods('week') }},
+    {{ kpi_affected_periods(touched) }},
 {%- endif %}
 
 -- Closed tickets whose stages partition their cycle (every stage known, none negative),
@@ -43,7 +45,7 @@ closed as (
         and waiting_customer_hours >= 0
         and waiting_third_party_hours >= 0
         and evaluation_hours >= 0
-        and {{ kpi_in_affected_periods('week', 'closed_date') }}
+        and {{ kpi_in_affected_periods(touched, 'closed_date') }}
 
 ),
 

@@ -6,9 +6,11 @@
     )
 }}
 
+{%- set touched = kpi_touched_periods('month', ['resolved']) %}
+
 with
 
-tickets as (
+tickets as not materialized (
 
     select * from {{ ref('fct_tickets') }}
 
@@ -21,7 +23,7 @@ delay_causes as (
 ),
 
 {% if incremental_ready('built_through') is sameas true -%}
-    {{ kpi_affected_periods('month') }},
+    {{ kpi_affected_periods(touched) }},
 {%- endif %}
 
 resolved as (
@@ -36,7 +38,7 @@ resolved as (
     from tickets
     where
         resolved_date is not null
-        and {{ kpi_in_affected_periods('month', 'resolved_date') }}
+        and {{ kpi_in_affected_periods(touched, 'resolved_date') }}
 
 ),
 

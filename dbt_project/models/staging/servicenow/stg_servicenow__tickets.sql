@@ -3,7 +3,10 @@
         materialized='incremental',
         unique_key='ticket_id',
         incremental_strategy='delete+insert',
-        indexes=[{'columns': ['ticket_id']}, {'columns': ['loaded_at']}],
+        indexes=[
+            {'columns': ['ticket_id']}, {'columns': ['loaded_at']},
+            {'columns': ['customer_id', 'created_at', 'ticket_id']},
+        ],
         post_hook=['analyze {{ this }}'],
     )
 }}
