@@ -399,7 +399,7 @@ def _psycopg2(dsn: str) -> str:
     if "://" not in dsn:
         return dsn
     url = make_url(dsn)
-    if url.get_backend_name() != "postgresql" or url.get_dialect().driver == "psycopg2":
+    if url.get_backend_name() != "postgresql" or url.drivername.endswith("+psycopg2"):
         return dsn
     return url.set(drivername="postgresql+psycopg2").render_as_string(hide_password=False)
 
