@@ -315,3 +315,24 @@ def test_a_failing_landing_copy_stops_the_source_stream(fresh_db, warehouse, tmp
             ingest.stage(side, "too_narrow", TICKETS, stream)
     assert time.monotonic() - started < 60
     assert threading.active_count() <= before
+
+
+def test_timestamps_the_dataframe_reader_cannot_read_are_kept_for_validation(fresh_db, warehouse, tmp_path):
+    """``infinity`` and years past 9999 stop the DataFrame reader; the stream keeps them as text."""
+    with contextlib.closing(psycopg2.connect(fresh_db)) as conn, conn.cursor() as cur:
+        cur.execute(
+            "create table awkward_ticket (number text, lastupdate timestamptz, closed timestamptz);"
+            "insert into awkward_ticket values ('T-1', '2026-06-01', 'infinity'), ('T-2', '2026-06-02', '12026-01-01');"
+        )
+        conn.commit()
+    narrow = _narrow_mapping(tmp_path)
+    mapping = dataclasses.replace(
+        narrow,
+        columns={"ticket_id": "number", "updated_at": "lastupdate", "closed_at": "closed"},
+        constants={**narrow.constants, "category": "c"},
+    )
+    with pytest.raises(Exception, match="(?i)infinity|year"):
+        list(read_sql(fresh_db, "awkward_ticket", TICKETS, None, END, mapping=mapping))
+    rows = _land(warehouse, "beyond", stream_sql(fresh_db, "awkward_ticket", TICKETS, None, END, mapping=mapping))
+    closed = TICKETS.columns.index("closed_at") + 1
+    assert [r[closed] for r in rows] == ["infinity", "12026-01-01 00:00:00+00:00"]
