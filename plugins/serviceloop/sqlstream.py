@@ -244,25 +244,40 @@ def _pg_copy(raw, p: Plan, mapping: EntityMapping, window_start, window_end) -> 
         with contextlib.suppress(OSError):  # a bigger pipe: fewer wake-ups between the two COPYs
             fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
         failure: list[BaseException] = []
+        # Set when the landing COPY failed: the source's own failure that follows is only its echo.
+        stopping = threading.Event()
 
         def produce():
+            out = os.fdopen(write_end, "wb", buffering=BLOCK_BYTES)
             try:
-                with os.fdopen(write_end, "wb", buffering=BLOCK_BYTES) as out, raw.cursor() as src:
+                with raw.cursor() as src:
                     src.copy_expert(copy_out, out, size=BLOCK_BYTES)
-            except BaseException as exc:  # handed to the consumer, which fails the batch
-                failure.append(exc)
+            except BaseException as exc:
+                if not stopping.is_set():
+                    failure.append(exc)  # recorded before the pipe closes and the consumer sees its end
+            finally:
+                with contextlib.suppress(OSError):
+                    out.close()
 
         producer = threading.Thread(target=produce, name=f"copy-out-{p.table}", daemon=True)
         producer.start()
+        source, landed = os.fdopen(read_end, "rb", buffering=BLOCK_BYTES), None
         try:
-            with os.fdopen(read_end, "rb", buffering=BLOCK_BYTES) as source:
-                cur.copy_expert(copy_into_landing(landing, p.columns), source, size=BLOCK_BYTES)
+            cur.copy_expert(copy_into_landing(landing, p.columns), source, size=BLOCK_BYTES)
+        except BaseException as exc:
+            landed = exc
+            stopping.set()
+            with contextlib.suppress(Exception):
+                raw.cancel()  # a source still computing its rows stops now, not when it next writes
         finally:
-            # Closed on the way out (above), so a producer blocked on a full pipe gets EPIPE and ends.
-            producer.join()
+            source.close()  # a producer blocked on the full pipe gets EPIPE and ends
+        producer.join()
         if failure:
-            # The landing COPY saw an end of data that was a failure: the batch must not go on.
-            raise failure[0]
+            # The source failed: whatever the landing COPY made of the end of its data, the
+            # batch must not go on (and a truncated stream is not an empty window).
+            raise failure[0] from landed
+        if landed is not None:
+            raise landed
         return cur.rowcount
 
     return copy_into
