@@ -171,10 +171,10 @@ def _pg_expression(field, column: str, kind: str) -> str:
             )
             if kind == ZONED:
                 outside += " || '+00:00'"
+        # An infinite value fails the range test; it is told apart only then, so the common case costs less.
         return (
-            f"case when not isfinite({x}) then {x}::text"
-            f" when {utc}::timestamp between {low} and {high} then to_char({utc}, {_literal(CANONICAL_SQL)})"
-            f" else {outside} end"
+            f"case when {utc} between {low} and {high} then to_char({utc}, {_literal(CANONICAL_SQL)})"
+            f" when not isfinite({x}) then {x}::text else {outside} end"
         )
     if kind == LOGICAL:
         yes, no = ("'true'", "'false'") if field.type == BOOLEAN else ("'True'", "'False'")
@@ -185,21 +185,24 @@ def _pg_expression(field, column: str, kind: str) -> str:
             lowered = f"lower({text})"
             words = " ".join(f"when {_literal(k)} then {_literal(v)}" for k, v in BOOL_WORDS.items())
             return f"nullif(case {lowered} {words} else {lowered} end, '')"
-        return f"nullif({text}, '')"
+        return _stripped(f"{x}::text", blank_is_null=True)
     text = f"{x}::text" if kind == INTEGRAL else f"case when {x} = 'NaN' then null else {x}::text end"
     if field.type == BOOLEAN:
         return f"case {text} when '1' then 'true' when '0' then 'false' else {text} end"
     return text
 
 
-def _stripped(x: str) -> str:
-    """``x`` stripped as ``str.strip`` strips. Trimming with all of Unicode's spaces costs a
-    comparison per space and end; a value that starts and ends in printable ASCII (nearly all)
-    has nothing to trim, which its first and last code points tell."""
-    return (
-        f"case when ascii({x}) between 33 and 126 and ascii(right({x}, 1)) between 33 and 126 then {x}"
-        f" else btrim({x}, {_literal(WHITESPACE)}) end"
-    )
+def _stripped(x: str, *, blank_is_null: bool = False) -> str:
+    """``x`` stripped as ``str.strip`` strips (and NULL if that leaves nothing, with ``blank_is_null``).
+
+    Trimming with all of Unicode's spaces costs a comparison per space and end; a value that
+    starts and ends in printable ASCII (nearly all) has nothing to trim and is not blank, which
+    its first and last code points tell. This runs on every text value of every row extracted.
+    """
+    trimmed = f"btrim({x}, {_literal(WHITESPACE)})"
+    if blank_is_null:
+        trimmed = f"nullif({trimmed}, '')"
+    return f"case when ascii({x}) between 33 and 126 and ascii(right({x}, 1)) between 33 and 126 then {x} else {trimmed} end"
 
 
 def _mapped(expr: str, table: dict[str, str]) -> str:
