@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 export XDG_RUNTIME_DIR ?= /tmp
 
 .DEFAULT_GOAL := help
-.PHONY: help install browser run test lint up down clean warehouse-start warehouse-stop format bench evaluate-detection
+.PHONY: help install browser run test lint up down clean warehouse-start warehouse-stop format bench evaluate-detection evidently-ui
 
 help: ## list the commands
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -45,6 +45,9 @@ bench: $(STAMP) ## each stage beside its bare anchor at 10k, 100k, 1M tickets ->
 
 evaluate-detection: $(STAMP) ## drift monitor vs a z-score baseline on simulated scenarios -> bench/detection.json (~10 min)
 	$(BIN)/serviceloop evaluate-detection
+
+evidently-ui: $(STAMP) ## the Evidently UI on 127.0.0.1:8000: each segment's drift metrics over time (after a run)
+	$(BIN)/serviceloop evidently-ui
 
 lint: $(STAMP) ## ruff (with Airflow's AIR rules) and sqlfluff
 	$(BIN)/ruff check plugins dags tests

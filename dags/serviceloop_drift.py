@@ -6,10 +6,12 @@ each finding until the metric is shown to have recovered.
 
 1. `detect_drift`: for every team and every day not yet evaluated, Evidently compares the
    latest 7 days with the 28 days before them (whole weeks, so weekdays align) on
-   resolution time, SLA breach and CSAT. A finding needs a statistically real shift, a
-   practically large effect, the worse direction and enough tickets on both sides.
-   Results go to `monitoring.drift_runs` / `monitoring.drift_findings`, HTML reports to
-   the state folder's `reports/`.
+   resolution time, SLA breach and CSAT: the tickets resolved in the window, and the
+   cohorts of the last 2 and 7 days (created, due, surveyed) as known at the day's end.
+   A finding needs a statistically real shift, a practically large effect, the worse
+   direction and enough tickets on both sides. Results go to `monitoring.drift_runs` /
+   `monitoring.drift_findings`, HTML reports to the state folder's `reports/`, snapshots
+   per team and day to its Evidently workspace (`make evidently-ui`).
 2. `open_reviews`: a finding opens an improvement review for its team and metric, owned by
    the team's manager; a repeated finding adds evidence to the open review.
 3. `measure_effects`: for every review marked implemented, the post-change window against

@@ -3,6 +3,8 @@
 
 Pulls service records from the source systems declared in `sources.yml` into the warehouse's
 `raw` schema: a task group per source, a task per source and entity (`<source>__<entity>`).
+ServiceNow CSV exports (`kind: servicenow_csv`) have no task: `serviceloop import
+servicenow-csv PATH` loads them.
 A source with a schedule other than the default one is ingested by a DAG of its own,
 `serviceloop_ingest__<source>`.
 
@@ -25,7 +27,7 @@ from airflow.sdk import CronDataIntervalTimetable, TaskGroup, dag, task
 
 from serviceloop.assets import raw_asset
 from serviceloop.failure_alerts import DataEngineersNotifier
-from serviceloop.sources import DEFAULT_SCHEDULE, SOURCES, raw_table
+from serviceloop.sources import DEFAULT_SCHEDULE, SCHEDULED, raw_table
 
 
 def ingest_dag(dag_id: str, schedule: str, sources: list) -> None:
@@ -65,7 +67,7 @@ def ingest_dag(dag_id: str, schedule: str, sources: list) -> None:
 
 
 # Sources on the default schedule share serviceloop_ingest; any other gets a DAG of its own.
-ingest_dag("serviceloop_ingest", DEFAULT_SCHEDULE, [s for s in SOURCES.values() if s.schedule == DEFAULT_SCHEDULE])
-for _source in SOURCES.values():
+ingest_dag("serviceloop_ingest", DEFAULT_SCHEDULE, [s for s in SCHEDULED.values() if s.schedule == DEFAULT_SCHEDULE])
+for _source in SCHEDULED.values():
     if _source.schedule != DEFAULT_SCHEDULE:
         ingest_dag(f"serviceloop_ingest__{_source.name}", _source.schedule, [_source])

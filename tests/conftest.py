@@ -6,6 +6,7 @@ test touches the developer's own `.serviceloop/`.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from pathlib import Path
@@ -48,11 +49,13 @@ def fresh_db(warehouse_url):
 
     name = f"t_{uuid.uuid4().hex[:10]}"
     admin = make_url(warehouse_url).set(database="postgres").render_as_string(hide_password=False)
-    conn = psycopg2.connect(admin)
-    conn.autocommit = True
-    conn.cursor().execute(f'create database "{name}"')
+    with contextlib.closing(psycopg2.connect(admin)) as conn:
+        conn.autocommit = True
+        conn.cursor().execute(f'create database "{name}"')
     url = make_url(warehouse_url).set(database=name).render_as_string(hide_password=False)
     yield url
-    conn.cursor().execute(f'drop database "{name}" with (force)')
-    conn.close()
+    # A connection of its own: the test may have restarted the server.
+    with contextlib.closing(psycopg2.connect(admin)) as conn:
+        conn.autocommit = True
+        conn.cursor().execute(f'drop database "{name}" with (force)')
     assert warehouse  # the module stays imported for the session's teardown

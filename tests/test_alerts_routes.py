@@ -165,6 +165,10 @@ def test_slack_and_a_json_webhook_get_one_post_each_with_an_idempotency_key(conn
     assert hook["metric_label"] == "SLA 解决超时率" and hook["recipient"] == "mei.chen@serviceloop.example"
     assert hook["top_delay_causes"][0]["cause"] == "staffing_shortage"
     assert base64.b64decode(hook["chart_png_base64"]).startswith(b"\x89PNG")
+    with conn.cursor() as cur:
+        cur.execute("select location from monitoring.alerts where alert_key = %s", (f"{bill}.opened",))
+        # The record (shown on the Reviews page, returned by the task) names the host, not the path.
+        assert cur.fetchone() == (f"http://127.0.0.1:{http.port}",)
 
 
 def test_a_failing_route_is_retried_reported_to_data_engineers_and_recorded(conn, http, tmp_path, monkeypatch):  # noqa: F811

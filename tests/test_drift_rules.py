@@ -164,3 +164,66 @@ def test_every_metric_and_stage_has_a_name_in_each_language():
         assert set(glossary.METRICS[m]) == set(glossary.LANGUAGES), m
     for name in STAGE_COLUMNS.values():
         assert set(glossary.STAGES[name]) == set(glossary.LANGUAGES), name
+
+
+def _arrivals(days: int, slow_from: int, per_day: int = 40, hours: float = 2.0, slow: float = 6.0) -> pd.DataFrame:
+    """Tickets created 08:00-16:00 every day; from day ``slow_from`` each takes ``slow`` times as long."""
+    rng = np.random.default_rng(21)
+    start = dt.datetime(2026, 8, 3, 8)
+    rows = []
+    for d in range(days):
+        for k in range(per_day):
+            created = start + dt.timedelta(days=d, minutes=12 * k)
+            took = hours * (slow if d >= slow_from else 1.0) * float(np.exp(rng.normal(0, 0.3)))
+            resolved = created + dt.timedelta(hours=took)
+            due = created + dt.timedelta(hours=24)
+            rows.append(("t1", "email", "P3", "x", pd.Timestamp(resolved.date()), created, resolved, due, took,
+                         float(resolved > due)))  # fmt: skip
+    columns = ["team_id", "channel", "priority", "category", "resolved_date", "created_at", "resolved_at",
+               "resolution_due_at", "resolution_hours", "resolution_breached"]  # fmt: skip
+    return pd.DataFrame(rows, columns=columns)
+
+
+def test_a_cohort_counts_open_tickets_at_the_horizon_and_leaves_out_younger_ones():
+    from serviceloop.drift import Cohort, Window
+
+    frame = _arrivals(15, 99)
+    as_of = dt.date(2026, 8, 17)
+    # The last day's tickets: one still open at the cutoff, one resolved after 30 h.
+    last = frame["created_at"].dt.date == as_of
+    frame.loc[last, "resolved_at"] = pd.NaT
+    window = Window("fast", 1, 1, "cohort", 8.0)
+    cohort = Cohort(frame, frozenset())
+    values = cohort.values(METRICS_BY_NAME["resolution_time"], window, as_of, as_of)
+    # Created 08:00-15:48, every one is at least 8 h old at midnight; open, each counts as 8 h.
+    assert len(values) == last.sum() and (values == 8.0).all()
+    short = Window("fast", 1, 1, "cohort", 12.0)
+    young = cohort.values(METRICS_BY_NAME["resolution_time"], short, as_of, as_of)
+    noon = pd.Timestamp(dt.datetime.combine(as_of, dt.time(12)))
+    assert len(young) == (frame.loc[last, "created_at"] <= noon).sum()  # younger than 12 h: left out
+    # A week back, the same window is cut at its own cutoff: the tickets are all resolved, quickly.
+    before = cohort.values(METRICS_BY_NAME["resolution_time"], window, as_of, as_of, weeks_back=1)
+    assert len(before) == 40 and before.max() < 8.0
+
+
+def test_a_slowdown_is_found_the_day_the_tickets_arrive_before_any_slow_ticket_is_resolved():
+    config = DriftConfig(metrics=("resolution_time",), effects={"resolution_time": (1.0, 1.5)})
+    frame = _arrivals(36, 35, slow=25.0)  # every ticket of the last day takes about 50 h
+    as_of = dt.date(2026, 8, 3) + dt.timedelta(days=35)
+    resolved_by_then = frame[(frame.resolved_date <= pd.Timestamp(as_of)) & (frame.created_at.dt.date == as_of)]
+    assert resolved_by_then.empty  # the resolved windows cannot see it yet
+    (e,) = evaluate(frame, [as_of], config)
+    assert e.is_finding and e.window == "fast" and e.effect >= 1.5
+    (quiet,) = evaluate(_arrivals(36, 99), [as_of], config)
+    assert not quiet.is_finding
+
+
+def test_sla_breaches_are_counted_when_the_deadline_passes():
+    config = DriftConfig(metrics=("sla_breach",), effects={"sla_breach": (0.08, 0.15, 0.05)})
+    # From day 34 every ticket takes about 40 h: none is resolved by the end of day 35, but
+    # those of day 34 are past their 24 h deadline then.
+    frame = _arrivals(36, 34, slow=20.0)
+    as_of = dt.date(2026, 8, 3) + dt.timedelta(days=35)
+    (e,) = evaluate(frame, [as_of], config)
+    assert e.is_finding and e.window == "fast" and abs(e.current_value - 0.5) < 0.05  # day 35's deadlines
+    assert e.method == "fisher_exact"  # no breach at all in the reference: too few events for the z-test

@@ -112,10 +112,10 @@ def _dbt(url: str, target: Path, *args: str) -> str:
 
 def _ingest(url: str, helpdesk_url: str, drops: Path, end: dt.datetime) -> None:
     from serviceloop.ingest import ingest_batch
-    from serviceloop.sources import SOURCES
+    from serviceloop.sources import SCHEDULED
 
     with contextlib.closing(psycopg2.connect(url)) as conn:
-        for source in SOURCES.values():
+        for source in SCHEDULED.values():
             for entity in source.entities:
                 ingest_batch(
                     conn, source.name, entity.name, end - dt.timedelta(days=1), end,
@@ -463,7 +463,11 @@ def test_the_analyst_role_reads_the_marts_and_nothing_else(marts):
             "raw.helpdesk__tickets",
             "quarantine.helpdesk__tickets",
             "ops.batches",
+            "ops.pseudonym_key",
             "staging.stg_helpdesk__tickets",
+            "intermediate.int_ticket_lifecycle_staged",
+            "reference.teams",
+            "monitoring.drift_findings",
         ):
             with pytest.raises(psycopg2.errors.InsufficientPrivilege):
                 cur.execute(f"select count(*) from {table}")
@@ -471,3 +475,16 @@ def test_the_analyst_role_reads_the_marts_and_nothing_else(marts):
         with pytest.raises(psycopg2.errors.ReadOnlySqlTransaction):
             cur.execute("delete from marts.kpi_daily")
         conn.rollback()
+        # Read-only is a session default an analyst can switch off; the privileges hold anyway.
+        for statement in (
+            "delete from marts.kpi_daily",
+            "update marts.fct_tickets set team_id = 'x'",
+            "create table marts.mine (x int)",
+            "create table public.mine (x int)",
+            "insert into raw.helpdesk__tickets (ticket_id) values ('x')",
+            "drop table marts.kpi_daily",
+        ):
+            cur.execute("set transaction read write")
+            with pytest.raises(psycopg2.errors.InsufficientPrivilege):
+                cur.execute(statement)
+            conn.rollback()

@@ -11,9 +11,12 @@ import pytest
 
 from serviceloop.settings import REPO_ROOT
 from serviceloop.sources import (
+    SCHEDULED,
     SOURCES,
     FileDropSource,
     RestApiSource,
+    ServiceNowCsvSource,
+    ServiceNowSource,
     SourcesConfigError,
     SqlSource,
     load_sources,
@@ -52,6 +55,22 @@ sources:
     enabled: false
     entities:
       surveys: {}
+  snow:
+    kind: servicenow
+    connection: {conn_id: servicenow}
+    auth: bearer
+    table: incident
+    query: active=true^assignment_group.nameSTARTSWITHService
+    page_size: 500
+    entities:
+      tickets:
+        columns: {customer_id: u_customer}
+        values: {team_id: {Service Desk: tech_support}}
+  snow_export:
+    kind: servicenow_csv
+    timezone: Europe/Berlin
+    date_order: mdy
+    entities: {tickets: {}, ticket_events: {}}
 """
 
 
@@ -73,7 +92,14 @@ def test_the_shipped_file_declares_the_demo_sources():
     assert (configured["survey_drop"].folder, configured["survey_drop"].prefix) == ("surveys", "surveys")
     # The REST survey source is declared but off: the pipeline runs the enabled ones only.
     assert isinstance(configured["survey_api"], RestApiSource) and not configured["survey_api"].enabled
-    assert list(SOURCES) == ["helpdesk", "survey_drop"]
+    # ServiceNow: the Table API off (it needs an instance), the exports on (loaded on demand).
+    assert isinstance(configured["servicenow"], ServiceNowSource) and not configured["servicenow"].enabled
+    exports = configured["servicenow_export"]
+    assert isinstance(exports, ServiceNowCsvSource) and not exports.scheduled
+    assert list(exports.mappings) == ["tickets", "ticket_events"]
+    assert exports.mappings["tickets"].values["team_id"]["Group 56"] == "tech_support"
+    assert list(SOURCES) == ["helpdesk", "survey_drop", "servicenow_export"]
+    assert list(SCHEDULED) == ["helpdesk", "survey_drop"]
 
 
 def test_a_full_file_is_read_with_every_setting(tmp_path):
@@ -97,6 +123,14 @@ def test_a_full_file_is_read_with_every_setting(tmp_path):
     )
     assert m.page_params == {"cursor": "cursor", "limit": "limit"}
     assert sources["drop"].enabled is False and sources["drop"].entity_name == "surveys"
+    snow = sources["snow"]
+    assert (snow.auth, snow.table, snow.page_size, snow.conn_id) == ("bearer", "incident", 500, "servicenow")
+    assert snow.query == "active=true^assignment_group.nameSTARTSWITHService" and snow.scheduled
+    assert snow.mappings["tickets"].columns == {"customer_id": "u_customer"}
+    export = sources["snow_export"]
+    assert (export.timezone, export.date_order, export.scheduled, export.connection) == (
+        "Europe/Berlin", "mdy", False, None,
+    )  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -157,6 +191,22 @@ def test_a_full_file_is_read_with_every_setting(tmp_path):
         (("enabled: false", "enabled: 'no'"), "sources.drop.enabled", "expected true or false"),
         (("      surveys: {}", "      surveys: {}\n      agents: {}"), "sources.drop.entities", "exactly one entity"),
         (("        table: helpdesk.ost_ticket\n", ""), "sources.osticket.entities.tickets", "missing key 'table'"),
+        (("auth: bearer", "auth: none"), "sources.snow.auth", "expected basic or bearer"),
+        (("table: incident", "table: 'incident^x'"), "sources.snow.table", "is not a safe SQL identifier"),
+        (("STARTSWITHService", "STARTSWITHService^ORDERBYnumber"), "sources.snow.query", "ORDERBY and ^NQ"),
+        (
+            ("tech_support}}", "tech_support}}\n      surveys: {}"),
+            "sources.snow.entities.surveys",
+            "gives tickets only",
+        ),
+        (("timezone: Europe/Berlin", "timezone: Mars/Olympus"), "sources.snow_export.timezone", "IANA time zone"),
+        (("date_order: mdy", "date_order: dd/mm"), "sources.snow_export.date_order", "one of dmy, mdy, ymd"),
+        (("date_order: mdy", "connection: {env: X}"), "sources.snow_export.connection", "no connection"),
+        (
+            ("entities: {tickets: {}, ticket_events: {}}", "entities: {ticket_events: {}}"),
+            "sources.snow_export.entities",
+            "gives tickets: declare them",
+        ),
     ],
 )
 def test_a_wrong_file_is_refused_naming_the_file_the_key_and_why(tmp_path, change, key, what):

@@ -263,6 +263,21 @@ def test_data_docs_page_is_written_and_names_the_rules(fresh_db):
     ]
 
 
+def test_data_docs_keep_the_latest_pages_of_each_suite(fresh_db, monkeypatch):
+    monkeypatch.setattr(validation, "KEEP_RESULTS", 2)
+    days = [DAY1 + dt.timedelta(days=i) for i in range(4)]
+    pages = []
+    for start, end in zip(days, days[1:], strict=False):
+        _tickets(fresh_db, [_ticket("HD-1", start + dt.timedelta(hours=2), channel="fax")])
+        pages.append(Path(_ingest(fresh_db, "tickets", start, end).data_docs))
+    assert [p.is_file() for p in pages] == [False, True, True]
+    suite_pages = pages[-1].parents[2]
+    assert sorted(suite_pages.glob("*/*/*.html")) == sorted(pages[1:])
+    assert not pages[0].parent.exists()  # no empty folders left behind
+    results = validation.paths().data_docs.parent / "gx-validation-results" / "tickets"
+    assert len(list(results.glob("*/*/*.json"))) == 2
+
+
 def test_a_rule_gx_cannot_evaluate_fails_the_batch_naming_it(fresh_db, tmp_path, monkeypatch):
     suites = tmp_path / "expectations"
     shutil.copytree(validation.suite_path("tickets").parent, suites)

@@ -32,8 +32,8 @@
         loaded as (
 
             {% set staged = {
-                'tickets': 'stg_helpdesk__tickets',
-                'ticket_events': 'stg_helpdesk__ticket_events',
+                'tickets': 'int_tickets_unioned',
+                'ticket_events': 'int_ticket_events_unioned',
                 'surveys': 'stg_survey_drop__surveys',
             } -%}
     {%- for entity in entities %}
@@ -60,7 +60,7 @@
         moved_customers as (
 
             select changed.customer_id
-            from {{ ref('stg_helpdesk__tickets') }} as changed
+            from {{ ref('int_tickets_unioned') }} as changed
             left join {{ this }} as built
                 on changed.ticket_id = built.ticket_id
             where
@@ -75,7 +75,7 @@
 
             select built.customer_id
             from {{ this }} as built
-            inner join {{ ref('stg_helpdesk__tickets') }} as changed
+            inner join {{ ref('int_tickets_unioned') }} as changed
                 on built.ticket_id = changed.ticket_id
             where
                 built.ticket_id in (select loaded.ticket_id from loaded)
@@ -86,7 +86,7 @@
         same_customer as (
 
             select same.ticket_id
-            from {{ ref('stg_helpdesk__tickets') }} as same
+            from {{ ref('int_tickets_unioned') }} as same
             where same.customer_id in (select moved_customers.customer_id from moved_customers)
 
         ){% endif %}

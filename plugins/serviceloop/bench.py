@@ -165,7 +165,7 @@ def _ingest(params: dict) -> dict:
     """
     from serviceloop import ingest, warehouse
     from serviceloop.settings import HELPDESK_DB, paths
-    from serviceloop.sources import SOURCES
+    from serviceloop.sources import SCHEDULED
 
     spent = {"validation": 0.0}
     build_validator = ingest.validator
@@ -181,7 +181,7 @@ def _ingest(params: dict) -> dict:
     start, end = dt.datetime.fromisoformat(params["start"]), dt.datetime.fromisoformat(params["end"])
     only = params.get("entities")
     out = {}
-    for source in SOURCES.values():
+    for source in SCHEDULED.values():
         for entity in source.entities:
             if only is not None and [source.name, entity.name] not in only:
                 continue
@@ -393,7 +393,8 @@ class Bench:
         import psycopg2
         from sqlalchemy.engine import make_url
 
-        from serviceloop import schema, warehouse
+        from serviceloop import warehouse
+        from serviceloop.pipeline import prepare_warehouse
         from serviceloop.settings import HELPDESK_DB, WAREHOUSE_DB, paths
 
         admin = make_url(warehouse.url()).set(database="postgres").render_as_string(hide_password=False)
@@ -403,8 +404,9 @@ class Bench:
                 for db in (WAREHOUSE_DB, HELPDESK_DB):
                     cur.execute(f'drop database if exists "{db}" with (force)')
         warehouse.ensure_databases()
+        # The roles' grants on the new database, and the schemas, as a run prepares them.
+        prepare_warehouse()
         with warehouse.connect() as conn, conn.cursor() as cur:
-            schema.ensure(conn)
             cur.execute("create schema bench")
         for folder in (paths().drops, paths().reports, self.work):
             shutil.rmtree(folder, ignore_errors=True)
@@ -668,10 +670,10 @@ def dashboard_timing(repeats: int = 3) -> dict:
     Each view the page offers (the organisation and a team, by week and by month), ``repeats``
     times; the slowest is what counts.
     """
-    from serviceloop import quality, roles, ui, warehouse
+    from serviceloop import quality, ui, warehouse
+    from serviceloop.pipeline import prepare_warehouse
 
-    with warehouse.connect() as conn:
-        roles.ensure_analyst(conn)  # the bench's database is made anew for each size
+    prepare_warehouse()  # the bench's database is made anew for each size
     views: dict[str, list[float]] = {}
     with contextlib.closing(ui.analyst_connect()) as analyst, warehouse.connect() as conn:
         with analyst.cursor() as cur:

@@ -46,7 +46,19 @@ def _options(args):
         tickets_per_day=args.tickets_per_day,
         scenarios=tuple(args.scenario),
         simulate=not getattr(args, "no_simulate", False),
+        stages=tuple(getattr(args, "stages", None) or STAGES),
     )
+
+
+STAGES = ("ingest", "transform", "drift")
+
+
+def _stages(text: str) -> tuple[str, ...]:
+    chosen = tuple(part.strip() for part in text.split(",") if part.strip())
+    wrong = [s for s in chosen if s not in STAGES]
+    if wrong or not chosen:
+        raise argparse.ArgumentTypeError(f"stages are a comma-separated subset of {','.join(STAGES)}: {text!r}")
+    return tuple(s for s in STAGES if s in chosen)
 
 
 def cmd_warehouse(args) -> int:
@@ -162,6 +174,25 @@ def cmd_evaluate_detection(args) -> int:
     return detection_eval.main(args.seeds, output)
 
 
+def cmd_evidently_ui(args) -> int:
+    """The Evidently UI on loopback over the drift monitor's workspace (runs until stopped)."""
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    from serviceloop.settings import paths
+
+    workspace = paths().evidently_workspace
+    workspace.mkdir(parents=True, exist_ok=True)
+    executable = shutil.which("evidently", path=str(Path(sys.executable).parent)) or shutil.which("evidently")
+    if executable is None:
+        raise RuntimeError("the evidently command is not installed in this environment (pip install -e .)")
+    print(f"Evidently UI on http://127.0.0.1:{args.port} (workspace {workspace}); Ctrl-C stops it", flush=True)
+    env = {**os.environ, "DO_NOT_TRACK": "1"}
+    command = [executable, "ui", "--workspace", str(workspace), "--host", "127.0.0.1", "--port", str(args.port)]
+    return subprocess.call(command, env=env)
+
+
 def cmd_reviews(args) -> int:
     from serviceloop import review_cli
 
@@ -192,12 +223,90 @@ def cmd_sources(args) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     for s in sources.values():
-        where = s.connection.describe() if s.connection else f"drops/{s.folder}"
         state = "" if s.enabled else "  (disabled)"
-        print(f"{s.name}: {s.kind} from {where}, schedule {s.schedule!r}, overlap {s.overlap}{state}")
+        if s.kind == "servicenow_csv":
+            print(f"{s.name}: {s.kind}, loaded by `serviceloop import servicenow-csv PATH`{state}")
+        else:
+            where = s.connection.describe() if s.connection else s.folder if "://" in s.folder else f"drops/{s.folder}"
+            print(f"{s.name}: {s.kind} from {where}, schedule {s.schedule!r}, overlap {s.overlap}{state}")
         for name, m in s.mappings.items():
-            place = m.table or m.endpoint or f"{s.prefix}_YYYYMMDD.<{'|'.join(s.formats)}>"
+            if s.kind == "servicenow":
+                place = f"/api/now/table/{s.table}"
+            elif s.kind == "servicenow_csv":
+                place = "the export's latest row per incident" if name == "tickets" else "the export's updates"
+            else:
+                place = m.table or m.endpoint or f"{s.prefix}_YYYYMMDD.<{'|'.join(s.formats)}>"
             print(f"  {s.name}__{name} <- {place}")
+    return 0
+
+
+def cmd_import(args) -> int:
+    """Load a ServiceNow CSV export through validation into raw and quarantine; print the counts."""
+    from serviceloop import warehouse
+    from serviceloop.servicenow import import_export
+
+    warehouse.start()
+    with warehouse.connect() as conn:
+        result = import_export(conn, args.path, args.source)
+        kept_out = []
+        with conn.cursor() as cur:
+            for b in result.batches:
+                cur.execute(
+                    f"""
+                    select origin, coalesce(record ->> '_parse_error', array_to_string(failed_rules, ', '))
+                    from quarantine.{b.source}__{b.entity} where batch_id = %s order by row_number limit 10
+                    """,
+                    (b.batch_id,),
+                )
+                kept_out += cur.fetchall()
+    print(
+        f"{result.location}: {result.rows} rows, {result.incidents} incidents, {result.rows_kept_out} rows kept out"
+        f" (outside ServiceNow's vocabulary, or unreadable; sha256 {result.checksum[:12]})"
+    )
+    if result.imported_before:
+        print("  imported before: its batches were replaced, nothing is loaded twice")
+    print(f"{'entity':<16}{'read':>8}{'loaded':>8}{'quarantined':>13}  quarantined because (rule rows)")
+    for b in result.batches:
+        reasons = ", ".join(f"{rule} {n}" for rule, n in sorted(b.quarantine_reasons.items(), key=lambda kv: -kv[1]))
+        print(f"{b.entity:<16}{b.rows_read:>8}{b.rows_loaded:>8}{b.rows_quarantined:>13}  {reasons}")
+        print(f"  batch {b.batch_id}" + (f", Data Docs {b.data_docs}" if b.data_docs else ""))
+    if kept_out:
+        print("quarantined (the first 10 of each entity):")
+        for origin, reason in kept_out:
+            print(f"  {origin}: {reason}")
+    print(
+        f"all of them: `serviceloop quarantine list --table {args.source}__tickets`; the KPIs and drift on the"
+        " data loaded: `serviceloop run --no-simulate --stages transform,drift`"
+    )
+    return 0
+
+
+def cmd_servicenow_export(args) -> int:
+    """Write a simulated ServiceNow event-log export (one row per incident update)."""
+    from pathlib import Path
+
+    from serviceloop.pipeline import simulation_config
+    from serviceloop.simulated_servicenow import write_export
+    from serviceloop.simulator import simulate
+
+    options = _options(args)
+    data = simulate(simulation_config(options))
+    as_of = dt.datetime.combine(args.as_of or options.start + dt.timedelta(days=options.days), dt.time(), dt.UTC)
+    result = write_export(data.as_of(as_of), Path(args.path), bad_rows=args.bad_rows, seed=args.seed)
+    print(f"{result.path}: {result.rows} rows of {result.incidents} incidents as of {as_of:%Y-%m-%d %H:%M} UTC")
+    for line, column, value in result.spoiled:
+        print(f"  line {line}: {column} = {value!r} (outside ServiceNow's vocabulary)")
+    return 0
+
+
+def cmd_servicenow_api(args) -> int:
+    from serviceloop import simulated_servicenow
+
+    user, password = os.environ.get("SERVICELOOP_SERVICENOW_USER"), os.environ.get("SERVICELOOP_SERVICENOW_PASSWORD")
+    simulated_servicenow.serve(
+        days=args.days, tickets_per_day=args.tickets_per_day, seed=args.seed, port=args.port,
+        basic=(user, password) if user else None, token=os.environ.get("SERVICELOOP_SERVICENOW_TOKEN"),
+    )  # fmt: skip
     return 0
 
 
@@ -230,6 +339,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="the main job: simulate, then run ingest, transform and drift through Airflow")
     _simulation_args(p)
     p.add_argument("--no-simulate", action="store_true", help="use the source systems as they are")
+    p.add_argument(
+        "--stages", type=_stages, default=STAGES,
+        help="the DAGs to run, of ingest,transform,drift (default all); after `serviceloop import`:"
+        " --no-simulate --stages transform,drift",
+    )  # fmt: skip
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("warehouse", help="the embedded PostgreSQL")
@@ -269,6 +383,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", help="results file (default: bench/detection.json)")
     p.set_defaults(func=cmd_evaluate_detection)
 
+    p = sub.add_parser("evidently-ui", help="the Evidently UI on 127.0.0.1 over the drift snapshots of each segment")
+    p.add_argument("--port", type=int, default=8000)
+    p.set_defaults(func=cmd_evidently_ui)
+
     p = sub.add_parser("reviews", help="improvement reviews: list, show, and act on them")
     from serviceloop.review_cli import add_arguments
 
@@ -290,6 +408,29 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sources", help="validate sources.yml and list the sources and entities it declares")
     p.add_argument("--file", help="the sources file (default: SERVICELOOP_SOURCES_FILE or sources.yml)")
     p.set_defaults(func=cmd_sources)
+
+    p = sub.add_parser("import", help="load an export through validation into raw and quarantine")
+    kinds = p.add_subparsers(dest="kind", required=True)
+    k = kinds.add_parser(
+        "servicenow-csv", help="a ServiceNow incident export (CSV; one row per incident or per update)"
+    )
+    k.add_argument("path", help="the export: a path or an fsspec URL (file://, memory://, s3:// ...)")
+    k.add_argument("--source", default="servicenow_export", help="its servicenow_csv source in sources.yml")
+    k.set_defaults(func=cmd_import)
+
+    p = sub.add_parser("servicenow-export", help="write a simulated ServiceNow event-log export (CSV)")
+    _simulation_args(p)
+    p.add_argument("path", help="the CSV file to write")
+    p.add_argument("--as-of", type=_date, help="the export's moment (default: the end of the simulated days)")
+    p.add_argument("--bad-rows", type=int, default=0, help="rows to spoil with values outside ServiceNow's vocabulary")
+    p.set_defaults(func=cmd_servicenow_export)
+
+    p = sub.add_parser("servicenow-api", help="serve a ServiceNow Table API stand-in (incidents) on loopback")
+    p.add_argument("--port", type=int, default=8766)
+    p.add_argument("--days", type=int, default=120)
+    p.add_argument("--tickets-per-day", type=int, default=200)
+    p.add_argument("--seed", type=int, default=7)
+    p.set_defaults(func=cmd_servicenow_api)
 
     p = sub.add_parser("survey-api", help="serve the simulated survey tool's REST API on loopback")
     p.add_argument("--port", type=int, default=8765)

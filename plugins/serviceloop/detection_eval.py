@@ -13,14 +13,19 @@ Scoring:
   without the scenario is its counterfactual. For each metric the scenario names, the shift
   is the effect (``drift.effect_size``) of the scenario's tickets against the counterfactual's,
   per 2-day window from the start; the first day it reaches 15 % relative (durations, counts,
-  CSAT) or 5 percentage points (rates) is when the shift is *due*. A metric that never
-  reaches it is reported but not counted in recall.
+  and CSAT, a 1-5 score: about 0.6 points) or 5 percentage points (rates) is when the shift
+  is *due*. Like the resolution times, CSAT counts only what was known on that day: the
+  surveys submitted by then (they come in up to 3 days after resolution). A metric that
+  never reaches it is reported but not counted in recall.
 - *Recall*: share of due (scenario, metric) pairs with a finding on that team and metric
   within 2 daily runs: the run on the due day counts as 1 (its data includes that day).
 - *Precision*: finding episodes (consecutive days of one team and metric) on the scenario's
   team, overlapping the scenario (to 7 days after its end), over all episodes.
 - *False alerts per 10 team-months*: episodes on the stable run (no scenario), per 10 x 30
   team-days evaluated.
+
+Seeds: the minimum effects are calibrated on ``TUNING_SEEDS`` (101-106, stable runs only) and
+scored on ``EVAL_SEEDS`` (1-3 by default, ``--seeds N`` for 1..N); the two sets never meet.
 
 The tickets go to the detector as a frame in the shape ``drift.evaluate`` takes (built here
 from the simulator's records with the same definitions as ``marts.fct_tickets``, except that
@@ -83,7 +88,11 @@ def detector_config() -> drift.DriftConfig:
 
 
 def ticket_frame(data: simulator.SimulatedData) -> pd.DataFrame:
-    """The simulated tickets in ``drift.TICKET_COLUMNS`` shape, every ticket through to closure."""
+    """The simulated tickets in ``drift.TICKET_COLUMNS`` shape, every ticket through to closure.
+
+    The detector sees no more than it would have on each day: the resolved windows hold only
+    tickets resolved by then, and the cohort windows cut every ticket at the as-of day's end.
+    """
     full = data.full_lifecycle()
     t = full.tickets.set_index("ticket_id")
     ev = full.ticket_events
@@ -97,6 +106,10 @@ def ticket_frame(data: simulator.SimulatedData) -> pd.DataFrame:
         return ((end.max() - start.min()).dt.total_seconds() / 3600).reindex(t.index).fillna(0.0)
 
     surveys = full.surveys.sort_values("submitted_at").groupby("ticket_id").last()
+
+    def naive(stamps: pd.Series) -> pd.Series:
+        return stamps.dt.tz_convert("UTC").dt.tz_localize(None)
+
     resolved = t["resolved_at"]
     frame = pd.DataFrame(
         {
@@ -104,7 +117,11 @@ def ticket_frame(data: simulator.SimulatedData) -> pd.DataFrame:
             "channel": t["channel"],
             "priority": t["priority"],
             "category": t["category"],
-            "resolved_date": resolved.dt.tz_convert("UTC").dt.tz_localize(None).dt.normalize(),
+            "resolved_date": naive(resolved).dt.normalize(),
+            "created_at": naive(t["created_at"]),
+            "resolved_at": naive(resolved),
+            "first_response_at": naive(t["first_response_at"]),
+            "resolution_due_at": naive(t["created_at"] + t["priority"].map(targets) * hours),
             "resolution_hours": (resolved - t["created_at"]) / hours,
             "first_response_hours": (t["first_response_at"] - t["created_at"]) / hours,
             "resolution_breached": ((resolved - t["created_at"]) / hours > t["priority"].map(targets)).astype(float),
@@ -125,7 +142,8 @@ def ticket_frame(data: simulator.SimulatedData) -> pd.DataFrame:
         - frame["waiting_customer_hours"]
         - frame["waiting_third_party_hours"]
     )
-    return frame[frame["resolution_hours"].notna()].reset_index(drop=True)
+    # Open tickets stay in: the cohort windows count them (a full lifecycle has few or none).
+    return frame.reset_index(drop=True)
 
 
 # --- detectors -------------------------------------------------------------------------------
@@ -187,13 +205,19 @@ def realized_shift(
 
     def values(f: pd.DataFrame, a: dt.date, b: dt.date) -> np.ndarray:
         rows = f[(f.team_id == team) & f.resolved_date.between(pd.Timestamp(a), pd.Timestamp(b))]
+        if metric.name == "csat":
+            # Only the surveys submitted by the day judged: a shift is due once it can be seen.
+            rows = rows[rows.csat_date <= pd.Timestamp(b)]
         return rows[metric.column].dropna().to_numpy(dtype=float)
 
     def shift(a: dt.date, b: dt.date) -> float:
         x, y = values(frame, a, b), values(counterfactual, a, b)
         if len(x) < 5 or len(y) < 5:
             return 0.0
-        return drift.effect_size(metric, drift.summary_value(metric, y), drift.summary_value(metric, x))
+        before = drift.summary_value(metric, y)
+        effect = drift.effect_size(metric, before, drift.summary_value(metric, x))
+        # CSAT is a score, not a rate: its threshold is relative, like the durations'.
+        return effect / before if metric.kind == "ordinal" and before else effect
 
     due, peak = None, 0.0
     day = start
@@ -352,10 +376,16 @@ def evaluate(
         "tuning_seeds": list(TUNING_SEEDS),
         "config": {
             "metrics": list(config.metrics),
-            "windows": {w.name: w.days for w in config.windows},
+            "windows": {
+                w.name: {"days": w.days, "basis": w.basis, "horizon_hours": w.horizon_hours} for w in config.windows
+            },
             "reference_days": config.reference_days,
             "min_effects": {
-                m: {"standard": _finite(config.metric(m).min_effect), "fast": _finite(config.metric(m).fast_effect)}
+                m: {
+                    "standard": _finite(config.metric(m).min_effect),
+                    "fast": _finite(config.metric(m).fast_effect),
+                    "week": _finite(config.metric(m).week_effect),
+                }
                 for m in config.metrics
             },
         },
@@ -389,6 +419,7 @@ def calibrate(seeds: tuple[int, ...] = TUNING_SEEDS, config: drift.DriftConfig |
     days = evaluation_days(config)
     largest: dict[tuple[str, str], float] = {(m, w.name): 0.0 for m in config.metrics for w in config.windows}
     tested = 0
+    seen: set[tuple[str, str]] = set()
     started = time.perf_counter()
     for seed in seeds:
         frame, _ = simulate_frame(seed, [])
@@ -399,6 +430,7 @@ def calibrate(seeds: tuple[int, ...] = TUNING_SEEDS, config: drift.DriftConfig |
                     for window, _start, reference, current in drift.samples(segment, as_of, metric, config):
                         if len(reference) < drift.MIN_SAMPLE or len(current) < window.min_current:
                             continue
+                        seen.add((name, window.name))
                         ref_value = drift.summary_value(metric, reference)
                         effect = drift.effect_size(metric, ref_value, drift.summary_value(metric, current))
                         if effect <= largest[(name, window.name)]:
@@ -409,6 +441,8 @@ def calibrate(seeds: tuple[int, ...] = TUNING_SEEDS, config: drift.DriftConfig |
                             largest[(name, window.name)] = effect
     out: dict[str, dict] = {}
     for (name, window), effect in largest.items():
+        if (name, window) not in seen:
+            continue
         kind = drift.METRICS_BY_NAME[name].kind
         if kind == "binary":
             proposed = np.ceil((effect + 0.01) * 100) / 100

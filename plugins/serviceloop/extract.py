@@ -227,13 +227,18 @@ def sql_columns(entity: Entity, mapping: EntityMapping, table: str, present: dic
     """The source columns a window selects: (field, column) pairs, the watermark and the key column.
 
     ``present`` maps the table's column names, lower-cased, to their actual names. A required
-    field, or one the mapping names, whose column is missing fails the batch.
+    field, or one the mapping names, whose column is missing fails the batch, naming the column
+    it was probably renamed to.
     """
+    mapped = {mapping.source_column(f.name).lower() for f in entity.fields} | {mapping.watermark_column.lower()}
+    unmapped = [actual for lower, actual in present.items() if lower not in mapped]
 
     def column(source_name: str, what: str) -> str:
         actual = present.get(source_name.lower())
         if actual is None:
-            raise ContractError(f"table {table}: column {source_name} ({what}) missing for entity {entity.name}")
+            renamed = _renamed_to(source_name, unmapped)
+            hint = f" (renamed to {renamed}?)" if renamed else ""
+            raise ContractError(f"table {table}: column {source_name} ({what}) missing for entity {entity.name}{hint}")
         return actual
 
     selected = []
@@ -245,6 +250,9 @@ def sql_columns(entity: Entity, mapping: EntityMapping, table: str, present: dic
             selected.append((f, column(source_name, f"contract field {f.name}")))
         elif f.required or f.name in mapping.columns:
             column(source_name, f"contract field {f.name}")
+        else:
+            # An optional field the table lacks (dropped, or renamed) reads as null.
+            log.warning("table %s: no column %s (optional contract field %s): read as null", table, source_name, f.name)
     watermark = column(mapping.watermark_column, "the watermark")
     key = column(mapping.source_column(entity.key), f"contract field {entity.key}")
     return selected, watermark, key
@@ -324,19 +332,77 @@ CHUNK_CHARS = 64 * 1024 * 1024
 SNIPPET = 200
 
 
+@dataclass(frozen=True)
+class RemoteFile:
+    """A file of an fsspec filesystem (``memory://``, ``s3://``, ``file://`` ...), as a drop reads a ``Path``."""
+
+    fs: Any
+    path: str
+
+    @property
+    def name(self) -> str:
+        return self.path.rstrip("/").rsplit("/", 1)[-1]
+
+    @property
+    def suffix(self) -> str:
+        return Path(self.name).suffix
+
+    def open(self, mode: str = "rb"):
+        return self.fs.open(self.path, mode)
+
+    def is_file(self) -> bool:
+        return self.fs.isfile(self.path)
+
+    def stat(self):
+        """Size and modification time (ns; None when the filesystem keeps none) as ``os.stat`` names them."""
+        info = self.fs.info(self.path)
+        when = info.get("mtime", info.get("LastModified", info.get("created")))
+        if isinstance(when, dt.datetime):
+            when = when.timestamp()
+        return _Stat(info.get("size"), None if when is None else int(float(when) * 1e9))
+
+    def __lt__(self, other: RemoteFile) -> bool:
+        return self.path < other.path
+
+
+@dataclass(frozen=True)
+class _Stat:
+    st_size: int | None
+    st_mtime_ns: int | None
+
+
+def is_url(folder) -> bool:
+    """A drop folder given as an fsspec URL (``memory://drops``, ``s3://bucket/exports``), not a local path."""
+    return isinstance(folder, str) and "://" in folder
+
+
+def _drop_entries(folder: Path | str, prefix: str) -> list:
+    """The files of a drop folder whose name starts with the prefix: Paths, or RemoteFiles for a URL."""
+    if not is_url(folder):
+        return sorted(Path(folder).glob(f"{prefix}_*"))
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(folder)
+    return sorted(RemoteFile(fs, p) for p in fs.glob(f"{root.rstrip('/')}/{glob_escape(prefix)}_*"))
+
+
+def glob_escape(text: str) -> str:
+    return re.sub(r"([*?\[\]])", r"[\1]", text)
+
+
 def drop_files(
-    folder: Path,
+    folder: Path | str,
     prefix: str,
     window_start: dt.datetime | None,
     window_end: dt.datetime,
     *,
     formats: tuple[str, ...] = DROP_FORMATS,
     settle: dt.timedelta = DROP_SETTLE,
-) -> list[Path]:
-    """The complete daily files of a drop whose day lies in the window, oldest first."""
+) -> list:
+    """The complete daily files of a drop (a local folder or an fsspec URL) whose day lies in the window, oldest first."""
     pattern = re.compile(rf"{re.escape(prefix)}_(\d{{8}})\.({'|'.join(map(re.escape, formats))})")
     chosen = []
-    for path in sorted(folder.glob(f"{prefix}_*")):
+    for path in _drop_entries(folder, prefix):
         m = pattern.fullmatch(path.name)
         if not m or not path.is_file():
             continue
@@ -347,15 +413,19 @@ def drop_files(
     return _settled(chosen, settle)
 
 
-def _settled(paths: list[Path], settle: dt.timedelta) -> list[Path]:
-    """The files not being written: unchanged for ``settle``, waiting (once, at most that long) for the young ones."""
+def _settled(paths: list, settle: dt.timedelta) -> list:
+    """The files not being written: unchanged for ``settle``, waiting (once, at most that long) for the young ones.
+
+    A file whose filesystem keeps no modification time counts as young: it is looked at again
+    after ``settle`` and left for a later batch if its size moved meanwhile.
+    """
     seen = {p: _stat(p) for p in paths}
     wait = settle.total_seconds()
     now = time.time()
-    young = [p for p, st in seen.items() if st is None or now - st[1] / 1e9 < wait]
+    young = [p for p, st in seen.items() if st is None or st[1] is None or now - st[1] / 1e9 < wait]
     if young:
         # An mtime in the future (a writer's clock ahead of ours) waits no longer than settle.
-        newest = max((seen[p][1] / 1e9 for p in young if seen[p] is not None), default=now)
+        newest = max((seen[p][1] / 1e9 for p in young if seen[p] is not None and seen[p][1] is not None), default=now)
         time.sleep(min(wait, max(0.0, newest + wait - now)))
     out = []
     for p in paths:
@@ -366,7 +436,7 @@ def _settled(paths: list[Path], settle: dt.timedelta) -> list[Path]:
     return out
 
 
-def _stat(path: Path) -> tuple[int, int] | None:
+def _stat(path) -> tuple[int, int | None] | None:
     """Size and mtime (ns) of a file, None if it is gone."""
     try:
         st = path.stat()
@@ -389,6 +459,12 @@ class DropManifest:
             cur.execute(
                 "delete from ops.drop_manifest where source = %s and batch_id = %s", (self.source, self.batch_id)
             )
+
+    def names(self) -> set[str]:
+        """Every file name of the drop that some batch has seen."""
+        with self.conn.cursor() as cur:
+            cur.execute("select distinct file_name from ops.drop_manifest where source = %s", (self.source,))
+            return {name for (name,) in cur.fetchall()}
 
     def loaded_as(self, checksum: str) -> str | None:
         """The name under which a file with this content was loaded, if it was."""
@@ -451,7 +527,7 @@ class FileReport:
 
 
 def read_drop(
-    folder: Path,
+    folder: Path | str,
     prefix: str,
     entity: Entity,
     window_start: dt.datetime | None,
@@ -467,9 +543,21 @@ def read_drop(
     Without a manifest every file in the window is read (a one-off import); with one, each
     file's content is read by one batch only.
     """
+    files = drop_files(folder, prefix, window_start, window_end, formats=formats, settle=settle)
     if manifest is not None:
         manifest.forget_batch()
-    for path in drop_files(folder, prefix, window_start, window_end, formats=formats, settle=settle):
+        if window_start is not None:
+            # A file delivered after its day's window had passed (the export ran late, a
+            # transfer was retried) is read by the next batch instead of never.
+            known = manifest.names()
+            late = [
+                p for p in drop_files(folder, prefix, None, window_start, formats=formats, settle=settle)
+                if p.name not in known
+            ]  # fmt: skip
+            for path in late:
+                log.warning("%s arrived after its day's window: read by batch %s", path.name, manifest.batch_id)
+            files = late + files
+    for path in files:
         checksum, size = _sha256(path)
         if manifest is not None:
             loaded_as = manifest.loaded_as(checksum)
@@ -490,9 +578,9 @@ def read_drop(
 
 
 def read_drop_file(
-    path: Path, entity: Entity, report: FileReport | None = None, *, chunk_rows: int = CHUNK_ROWS
+    path: Path | RemoteFile, entity: Entity, report: FileReport | None = None, *, chunk_rows: int = CHUNK_ROWS
 ) -> Iterator[pd.DataFrame]:
-    """One drop file as canonical chunks; the format is the file's suffix."""
+    """One drop file (a ``Path`` or a ``RemoteFile``) as canonical chunks; the format is the file's suffix."""
     report = report if report is not None else FileReport()
     fmt = path.suffix.lstrip(".").lower()
     if fmt == "parquet":
@@ -580,6 +668,20 @@ def _check_columns(columns: list[str], entity: Entity, where: str) -> list[str]:
     _require_columns(entity, columns, where)
     extra = [c for c in unknown if c not in renamed]
     return [f"column(s) {', '.join(extra)} not in the contract: ignored"] if extra else []
+
+
+def _renamed_to(name: str, columns: list[str]) -> str | None:
+    """The column of a source table that most likely is ``name`` renamed, if any."""
+
+    def norm(s: str) -> str:
+        return re.sub(r"[^a-z0-9]", "", s.lower())
+
+    by_norm = {norm(c): c for c in columns}
+    match = difflib.get_close_matches(norm(name), list(by_norm), n=1, cutoff=0.75)
+    if match:
+        return by_norm[match[0]]
+    # A qualified name (`ticket_priority`, `updated_at_utc`) that contains the column's.
+    return next((c for c in columns if len(name) > 3 and norm(name) in norm(c)), None)
 
 
 def _close_match(name: str, candidates: list[str]) -> str | None:
@@ -802,7 +904,7 @@ def _read_parquet(path: Path, entity: Entity, report: FileReport, chunk_rows: in
     import pyarrow.parquet as pq
 
     try:
-        pf = pq.ParquetFile(path)
+        pf = pq.ParquetFile(path if isinstance(path, Path) else path.open("rb"))
     except (pa.ArrowException, OSError) as exc:
         raise ContractError(f"file {path.name}: not a readable Parquet file ({exc})") from None
     columns = list(pf.schema_arrow.names)

@@ -188,6 +188,22 @@ def drop_landing(conn, table: str) -> None:
         cur.execute(f"drop table if exists landing.{table}")
 
 
+def discard_landing(side, table: str) -> None:
+    """After a failed batch: drop its landing table if the connection still works.
+
+    When the warehouse went away (a restart, a network cut) the batch's own error is what its
+    log must show, not this cleanup's; the next run of the batch drops the table instead.
+    """
+    import psycopg2
+
+    try:
+        side.rollback()
+        drop_landing(side, table)
+        side.commit()
+    except psycopg2.Error as exc:
+        log.warning("landing.%s is left for the next run of the batch to drop: %s", table, exc)
+
+
 # --- from verdict to rows -------------------------------------------------------------------
 
 
@@ -489,8 +505,12 @@ def ingest_batch(
     *,
     source_dsn: str | None = None,
     drop_root: Path | None = None,
+    batch_key: str | None = None,
 ) -> BatchResult:
     """Extract, validate and load one batch inside the caller's transaction on ``conn``.
+
+    ``batch_key`` names a batch that is not an interval's (an import, by its file's checksum):
+    loading the same key again replaces that batch, as a rerun of an interval does.
 
     The landing table is created and filled on a second connection (committed, so GX sees
     it) and dropped in ``conn``'s transaction; if that rolls back, the next run of the batch
@@ -499,7 +519,7 @@ def ingest_batch(
     source = SOURCES[source_name]
     entity = ENTITIES[entity_name]
     table = raw_table(source_name, entity_name)
-    bid = batch_id(source_name, entity_name, interval_end)
+    bid = batch_id(source_name, entity_name, interval_end) if batch_key is None else f"{table}__{batch_key}"
     landing = landing_table(table, bid)
     with side_connection(conn) as side:
         # The schema is committed on its own: GX's connection reads the tables it creates.
@@ -520,16 +540,15 @@ def ingest_batch(
         try:
             chunks = _chunks(conn, source, entity_name, bid, window_start, interval_end, source_dsn, drop_root)
             result.rows_read = stage(side, landing, entity, chunks)
-            with side.cursor() as cur:
-                check_batch_health(cur, source_name, entity_name, bid, interval_end, result.rows_read, landing)
+            if getattr(source, "checks_batch_health", True):
+                with side.cursor() as cur:
+                    check_batch_health(cur, source_name, entity_name, bid, interval_end, result.rows_read, landing)
             side.commit()
             verdict = Verdict()
             if result.rows_read:
                 verdict = validator(entity_name, sqlalchemy_url(conn)).validate(landing, bid)
         except BaseException:
-            side.rollback()
-            drop_landing(side, landing)
-            side.commit()
+            discard_landing(side, landing)
             raise
     result.data_docs = str(verdict.data_docs) if verdict.data_docs else None
     with conn.cursor() as cur:

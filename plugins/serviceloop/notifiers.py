@@ -190,7 +190,17 @@ def send(route: Route, message: Message, *, outbox: Path) -> str:
     if message.chart_png:
         payload["chart_png_base64"] = base64.b64encode(message.chart_png).decode("ascii")
     _post_json(url, payload, {"Idempotency-Key": message.key})
-    return url.split("?")[0]
+    return _where(url)
+
+
+def _where(url: str) -> str:
+    """Where a webhook alert went, for the record: scheme, host and port. A webhook's path and
+    query often carry its token (Slack's do), and the record is shown and logged."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{parts.hostname}{port}"
 
 
 def _send_smtp(conn: dict, message: Message) -> str:

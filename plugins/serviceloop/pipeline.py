@@ -34,6 +34,8 @@ class RunOptions:
     tickets_per_day: int = 200
     scenarios: tuple[str, ...] = ()
     simulate: bool = True
+    # The DAGs to run; after `serviceloop import`, transform and drift alone work on what it loaded.
+    stages: tuple[str, ...] = ("ingest", "transform", "drift")
 
 
 @contextmanager
@@ -80,13 +82,25 @@ def period_end(options: RunOptions) -> dt.datetime:
     return dt.datetime.combine(options.start + dt.timedelta(days=options.days), dt.time(), dt.UTC)
 
 
-def prepare(log_path: Path) -> None:
+def prepare_warehouse() -> None:
+    """The warehouse's roles (as the administrator) and ServiceLoop's schemas (as the pipeline's role).
+
+    On the embedded server the pipeline's role is ``serviceloop_pipeline``; on an external one
+    it is the URL's own role. The analyst reads what that role builds in the marts.
+    """
     from serviceloop import roles, schema
 
-    warehouse.start()
     with warehouse.connect() as conn:
+        if not warehouse.is_external():
+            roles.ensure_pipeline(conn, password=warehouse.pipeline_password())
+        roles.ensure_analyst(conn, owner=None if warehouse.is_external() else roles.PIPELINE_ROLE)
+    with warehouse.connect(dsn=warehouse.pipeline_url()) as conn:
         schema.ensure(conn)
-        roles.ensure_analyst(conn)
+
+
+def prepare(log_path: Path) -> None:
+    warehouse.start()
+    prepare_warehouse()
     airflow_env.migrate(log_path)
     airflow_env.dbt_parse(log_path)
 
@@ -113,12 +127,17 @@ def run(options: RunOptions) -> int:
     if options.simulate:
         with step(f"simulate {options.days} days of a service organisation (seed {options.seed})"):
             simulate(options)
+    if "ingest" not in options.stages:
+        # The data is what is loaded already (an import, an earlier run): as of its last batch.
+        end = latest_interval_end() or end
     logical_date = end.isoformat()
-    for dag_id, label in (
-        ("serviceloop_ingest", "ingest: extract, validate (Great Expectations), load raw and quarantine"),
-        ("serviceloop_transform", "transform: dbt models and tests through Cosmos"),
-        ("serviceloop_drift", "drift: Evidently per team and day, reviews, alerts"),
+    for stage, dag_id, label in (
+        ("ingest", "serviceloop_ingest", "ingest: extract, validate (Great Expectations), load raw and quarantine"),
+        ("transform", "serviceloop_transform", "transform: dbt models and tests through Cosmos"),
+        ("drift", "serviceloop_drift", "drift: Evidently per team and day, reviews, alerts"),
     ):
+        if stage not in options.stages:
+            continue
         with step(f"{dag_id} - {label}"):
             airflow_env.dags_test(dag_id, logical_date, log_path)
     with step("dbt docs: every model, column and KPI definition as one HTML page"):
@@ -137,7 +156,7 @@ def sample_report() -> None:
     """The organisation's weekly report as HTML and, with Chromium, a PNG screenshot (not sent)."""
     from serviceloop import report
 
-    with warehouse.connect() as conn:
+    with warehouse.connect(dsn=warehouse.pipeline_url()) as conn:
         _html, _png, note = report.sample(conn, paths().reports)
     if note:
         console.print(f"[yellow]note[/yellow] no PNG of the sample report: {note}")
@@ -148,7 +167,7 @@ def act_as_simulated_manager(end: dt.datetime) -> list[str]:
     from serviceloop import alerts, simulated_manager, verification
 
     p = paths()
-    with warehouse.connect() as conn:
+    with warehouse.connect(dsn=warehouse.pipeline_url()) as conn:
         done = simulated_manager.act(conn, p.ground_truth, end.date())
         verification.measure(conn)
         alerts.send_review_alerts(conn, outbox=p.outbox)
@@ -161,13 +180,19 @@ def summary(end: dt.datetime) -> dict:
     from serviceloop.sources import SOURCES, raw_table
 
     out: dict = {"batches": [], "findings": [], "reviews": [], "alerts": []}
-    with warehouse.connect() as conn, conn.cursor() as cur:
+    with warehouse.connect(dsn=warehouse.pipeline_url()) as conn, conn.cursor() as cur:
         for source in SOURCES.values():
             for entity in source.entities:
+                # The interval's batch; an import's batch is named by its file, its interval ends at its last update.
                 cur.execute(
-                    "select rows_read, rows_loaded, rows_quarantined, data_docs from ops.batches where batch_id = %s",
-                    (batch_id(source.name, entity.name, end),),
-                )
+                    """
+                    select rows_read, rows_loaded, rows_quarantined, data_docs, batch_id from ops.batches
+                    where batch_id = %s or (source = %s and entity = %s and interval_end = %s)
+                    order by batch_id = %s desc, loaded_at desc limit 1
+                    """,
+                    (batch_id(source.name, entity.name, end), source.name, entity.name, end,
+                     batch_id(source.name, entity.name, end)),
+                )  # fmt: skip
                 row = cur.fetchone()
                 if row:
                     cur.execute(
@@ -176,7 +201,7 @@ def summary(end: dt.datetime) -> dict:
                             unnest(failed_rules) as rule
                         where batch_id = %s group by rule order by count(*) desc, rule
                         """,
-                        (batch_id(source.name, entity.name, end),),
+                        (row[4],),
                     )
                     reasons = ", ".join(f"{rule} {n}" for rule, n in cur.fetchall())
                     out["batches"].append((source.name, entity.name, *row[:3], reasons))
@@ -205,7 +230,7 @@ def summary(end: dt.datetime) -> dict:
 
 
 def latest_interval_end() -> dt.datetime | None:
-    with warehouse.connect() as conn, conn.cursor() as cur:
+    with warehouse.connect(dsn=warehouse.pipeline_url()) as conn, conn.cursor() as cur:
         cur.execute("select max(interval_end) from ops.batches")
         return cur.fetchone()[0]
 
@@ -266,6 +291,7 @@ def print_summary(end: dt.datetime | None = None, manager_actions: list[str] | N
         "\nNext:\n"
         "  make up                      Airflow UI on http://127.0.0.1:8080 (login printed)\n"
         f"  open {p.reports / 'drift'}   Evidently drift reports (HTML)\n"
+        "  make evidently-ui             Evidently UI on http://127.0.0.1:8000: each team's metrics over time\n"
         f"  ls {p.outbox}                alerts to managers (.eml)\n"
         "  .venv/bin/serviceloop warehouse url   connect with psql to query the marts"
     )

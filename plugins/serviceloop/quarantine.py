@@ -217,7 +217,7 @@ def run(args) -> int:
     # Piped output keeps each row on one line.
     console = Console(highlight=False, width=None if sys.stdout.isatty() else 250)
     warehouse.start()
-    with warehouse.connect() as conn:
+    with warehouse.connect(dsn=warehouse.pipeline_url()) as conn:
         if args.action == "list":
             table = Table(title="Quarantine: rows kept out of raw, by rule")
             for col in ("table", "status", "rule", "rows"):

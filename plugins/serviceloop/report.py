@@ -544,7 +544,7 @@ def run(args) -> int:
 
     warehouse.start()
     p = paths()
-    with warehouse.connect() as conn:
+    with warehouse.connect(dsn=warehouse.pipeline_url()) as conn:
         week = args.week or data_week(conn)
         if week is None:
             raise RuntimeError("nothing has been loaded yet: run `serviceloop run` first")

@@ -111,6 +111,10 @@ class ApiClient:
 
     def get(self, path: str, params: dict[str, str]) -> Any:
         """The JSON body of ``GET path?params``, retried as the source allows."""
+        return self.get_with_headers(path, params)[0]
+
+    def get_with_headers(self, path: str, params: dict[str, str]) -> tuple[Any, Any]:
+        """The JSON body and the response headers of ``GET path?params``, retried as the source allows."""
         import requests
 
         url = self.credentials.base_url + path
@@ -122,7 +126,7 @@ class ApiClient:
             try:
                 resp = self._session.get(url, params=params, timeout=self.timeout)
                 if resp.status_code == 200:
-                    return resp.json()
+                    return resp.json(), resp.headers
             except requests.Timeout:
                 problem = f"no answer within {self.timeout:g} s"
             except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as exc:

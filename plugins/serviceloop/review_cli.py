@@ -62,7 +62,7 @@ def run(args) -> int:
 
     warehouse.start()
     actor = getattr(args, "actor", None) or getpass.getuser()
-    with warehouse.connect() as conn:
+    with warehouse.connect(dsn=warehouse.pipeline_url()) as conn:
         if args.action == "list":
             _print_list(reviews.list_reviews(conn, args.status, args.team))
             return 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 
+from serviceloop import privacy
 from serviceloop.contract import ISO_TIMESTAMP_RE, Entity
 from serviceloop.sources import SOURCES, raw_table
 
@@ -281,7 +282,9 @@ end $$;
 
 def ddl() -> str:
     landing = LANDING_DDL.replace("@ISO_TIMESTAMP_RE@", ISO_TIMESTAMP_RE.replace("'", "''"))
-    parts = ["create schema if not exists raw;", "create schema if not exists quarantine;", OPS_DDL, landing]
+    parts = [
+        "create schema if not exists raw;", "create schema if not exists quarantine;", OPS_DDL, landing, privacy.DDL
+    ]  # fmt: skip
     for source in SOURCES.values():
         for entity in source.entities:
             parts.append(_raw_ddl(raw_table(source.name, entity.name), entity))
@@ -300,17 +303,23 @@ def ensure(conn) -> None:
     text = ddl()
     digest = hashlib.sha256(text.encode()).hexdigest()
     with conn.cursor() as cur:
-        cur.execute("select to_regclass('ops.schema_version') is not null")
-        if cur.fetchone()[0]:
-            cur.execute("select 1 from ops.schema_version where ddl_sha256 = %s", (digest,))
-            if cur.fetchone():
-                return
-        # Concurrent tasks may race to create the same objects; one takes the lock, the
-        # others then find everything in place.
-        cur.execute("select pg_advisory_xact_lock(hashtext('serviceloop.schema'))")
-        cur.execute(text)
-        cur.execute(
-            "create table if not exists ops.schema_version"
-            " (ddl_sha256 text primary key, applied_at timestamptz not null default now())"
-        )
-        cur.execute("insert into ops.schema_version (ddl_sha256) values (%s) on conflict do nothing", (digest,))
+        if not _is_current(cur, digest):
+            # Concurrent tasks may race to create the same objects; one takes the lock, the
+            # others then find everything in place.
+            cur.execute("select pg_advisory_xact_lock(hashtext('serviceloop.schema'))")
+            cur.execute(text)
+            cur.execute(
+                "create table if not exists ops.schema_version"
+                " (ddl_sha256 text primary key, applied_at timestamptz not null default now())"
+            )
+            cur.execute("insert into ops.schema_version (ddl_sha256) values (%s) on conflict do nothing", (digest,))
+        # The key staging pseudonymises customer ids with: one small read when it is in place.
+        privacy.ensure_key(cur)
+
+
+def _is_current(cur, digest: str) -> bool:
+    cur.execute("select to_regclass('ops.schema_version') is not null")
+    if not cur.fetchone()[0]:
+        return False
+    cur.execute("select 1 from ops.schema_version where ddl_sha256 = %s", (digest,))
+    return cur.fetchone() is not None

@@ -8,6 +8,7 @@ home, the drift reports, the alert outbox and the simulated source systems' file
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,6 +45,11 @@ class Paths:
     def data_docs(self) -> Path:
         """Great Expectations' Data Docs: one page per validated batch, and an index."""
         return self.reports / "data-docs"
+
+    @property
+    def evidently_workspace(self) -> Path:
+        """The Evidently workspace the drift monitor adds its snapshots to (``make evidently-ui``)."""
+        return self.home / "evidently"
 
     @property
     def outbox(self) -> Path:
@@ -92,8 +98,21 @@ def paths() -> Paths:
 WAREHOUSE_CONN_ID = "serviceloop_warehouse"
 HELPDESK_CONN_ID = "serviceloop_helpdesk"
 
+# A database name from the environment becomes an identifier in `create database`: only plain
+# names are accepted.
+_DATABASE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
+
+
+def database_name(env: str, default: str) -> str:
+    """The database named by ``env`` (or ``default``); anything but a plain SQL identifier is refused."""
+    value = os.environ.get(env, default)
+    if not _DATABASE_NAME.fullmatch(value):
+        raise ValueError(f"{env}: {value!r} is not a plain database name (letters, digits and _, at most 63)")
+    return value
+
+
 WAREHOUSE_DB = "serviceloop"
 # Airflow's metadata and the simulated helpdesk sit beside the warehouse on its server; on a
 # shared server their names can be set so that several installations do not collide.
-AIRFLOW_DB = os.environ.get("SERVICELOOP_AIRFLOW_DB", "serviceloop_airflow")
-HELPDESK_DB = os.environ.get("SERVICELOOP_HELPDESK_DB", "helpdesk")
+AIRFLOW_DB = database_name("SERVICELOOP_AIRFLOW_DB", "serviceloop_airflow")
+HELPDESK_DB = database_name("SERVICELOOP_HELPDESK_DB", "helpdesk")

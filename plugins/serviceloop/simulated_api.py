@@ -15,6 +15,9 @@ with ``Retry-After``, ``503``, a slow answer, a connection dropped halfway throu
 body), and ``fail_every_request`` makes every request meet one. Every request is recorded
 (``requests``) with its status and when it arrived, so a test can check what a client did.
 ``serviceloop survey-api`` serves the simulated organisation's surveys with it.
+
+``LoopbackApi`` is the server without the survey tool's routes: the faults, the credentials
+and the request log; ``serviceloop.simulated_servicenow`` serves ServiceNow's Table API on it.
 """
 
 from __future__ import annotations
@@ -99,12 +102,17 @@ def _parse_ts(text: str) -> dt.datetime:
     return dt.datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(dt.UTC)
 
 
-class SurveyApi:
-    """The survey API on 127.0.0.1 and a random port, in a background thread; a context manager."""
+class LoopbackApi:
+    """A JSON API on 127.0.0.1 and a random port, in a background thread; a context manager.
+
+    Subclasses answer ``route(path, query)`` with (status, body, headers); this class meets
+    the queued faults first, then checks the credentials, and records every request.
+    """
+
+    name = "api"
 
     def __init__(
         self,
-        records: list[dict[str, Any]],
         *,
         token: str | None = None,
         basic: tuple[str, str] | None = None,
@@ -112,7 +120,6 @@ class SurveyApi:
         port: int = 0,
     ):
         self._lock = threading.Lock()
-        self._records = {r["id"]: dict(r) for r in records}
         self.token = token
         self.basic = basic
         self.faults: deque[Fault] = deque()
@@ -129,8 +136,8 @@ class SurveyApi:
         host, port = self._server.server_address[:2]
         return f"http://{host}:{port}"
 
-    def start(self) -> SurveyApi:
-        self._thread = threading.Thread(target=self._server.serve_forever, name="survey-api", daemon=True)
+    def start(self):
+        self._thread = threading.Thread(target=self._server.serve_forever, name=self.name, daemon=True)
         self._thread.start()
         return self
 
@@ -138,7 +145,7 @@ class SurveyApi:
         self._server.shutdown()
         self._server.server_close()
 
-    def __enter__(self) -> SurveyApi:
+    def __enter__(self):
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -149,28 +156,18 @@ class SurveyApi:
         with self._lock:
             self.faults.extend(faults)
 
-    def upsert(self, record: dict[str, Any]) -> None:
-        """A survey submitted or changed in the tool."""
-        with self._lock:
-            self._records[record["id"]] = {**self._records.get(record["id"], {}), **record}
+    # --- what subclasses answer ----------------------------------------------------------
 
-    def record(self, survey_id: str) -> dict[str, Any]:
-        with self._lock:
-            return dict(self._records[survey_id])
+    def route(self, path: str, query: dict[str, str]) -> tuple[int, Any, dict[str, str]]:
+        raise NotImplementedError
+
+    def unauthorised(self) -> tuple[int, Any, dict[str, str]]:
+        return 401, {"error": "unauthorised"}, {"WWW-Authenticate": "Bearer"}
+
+    def unavailable(self, status: int) -> Any:
+        return {"error": "try again later"}
 
     # --- serving ---------------------------------------------------------------------------
-
-    def _select(self, query: dict[str, str]) -> list[dict[str, Any]]:
-        start = _parse_ts(query["submitted_from"]) if "submitted_from" in query else None
-        end = _parse_ts(query["submitted_to"]) if "submitted_to" in query else None
-        with self._lock:
-            rows = [dict(r) for r in self._records.values()]
-        chosen = []
-        for r in rows:
-            at = _parse_ts(r["submitted"])
-            if (start is None or at >= start) and (end is None or at < end):
-                chosen.append(r)
-        return sorted(chosen, key=lambda r: (r["submitted"], r["id"]))
 
     def _next_fault(self) -> Fault | None:
         with self._lock:
@@ -200,7 +197,7 @@ class SurveyApi:
                     self.close_connection = True
 
             def log_message(self, format, *args):  # noqa: A002 - the stdlib's signature
-                log.debug("survey api: " + format, *args)
+                log.debug(f"{api.name}: " + format, *args)
 
             def do_GET(self):  # noqa: N802 - the stdlib's name
                 parts = urlsplit(self.path)
@@ -216,27 +213,13 @@ class SurveyApi:
                     time.sleep(fault.delay)
                 elif fault is not None and fault.kind == "status":
                     headers = {"Retry-After": fault.retry_after} if fault.retry_after else {}
-                    return self._json(fault.status, {"error": "try again later"}, headers)
+                    return self._json(fault.status, api.unavailable(fault.status), headers)
                 if not api._authorised(self.headers.get("Authorization")):
-                    return self._json(401, {"error": "unauthorised"}, {"WWW-Authenticate": "Bearer"})
-                try:
-                    limit = min(int(query.get("limit", "100")), MAX_LIMIT)
-                    rows = api._select(query)
-                    if path == "/api/v1/surveys":
-                        offset = int(query.get("offset", "0"))
-                        body = {"data": rows[offset : offset + limit], "total": len(rows), "offset": offset}
-                    elif path == "/api/v2/surveys":
-                        offset = int(base64.urlsafe_b64decode(query["cursor"]).decode()) if "cursor" in query else 0
-                        more = offset + limit < len(rows)
-                        cursor = base64.urlsafe_b64encode(str(offset + limit).encode()).decode() if more else None
-                        body = {"data": rows[offset : offset + limit], "next_cursor": cursor}
-                    else:
-                        return self._json(404, {"error": f"no such endpoint {path}"})
-                except (ValueError, KeyError) as exc:
-                    return self._json(400, {"error": f"bad request: {exc}"})
-                if fault is not None and fault.kind == "drop":
+                    return self._json(*api.unauthorised())
+                status, body, headers = api.route(path, query)
+                if status == 200 and fault is not None and fault.kind == "drop":
                     return self._drop(body)
-                return self._json(200, body)
+                return self._json(status, body, headers)
 
             def _json(self, status: int, body: Any, headers: dict[str, str] | None = None) -> int:
                 payload = json.dumps(body).encode()
@@ -262,6 +245,55 @@ class SurveyApi:
                 return 0
 
         return Handler
+
+
+class SurveyApi(LoopbackApi):
+    """The survey API on 127.0.0.1 and a random port, in a background thread; a context manager."""
+
+    name = "survey-api"
+
+    def __init__(self, records: list[dict[str, Any]], **kwargs):
+        super().__init__(**kwargs)
+        self._records = {r["id"]: dict(r) for r in records}
+
+    def upsert(self, record: dict[str, Any]) -> None:
+        """A survey submitted or changed in the tool."""
+        with self._lock:
+            self._records[record["id"]] = {**self._records.get(record["id"], {}), **record}
+
+    def record(self, survey_id: str) -> dict[str, Any]:
+        with self._lock:
+            return dict(self._records[survey_id])
+
+    # --- serving ---------------------------------------------------------------------------
+
+    def _select(self, query: dict[str, str]) -> list[dict[str, Any]]:
+        start = _parse_ts(query["submitted_from"]) if "submitted_from" in query else None
+        end = _parse_ts(query["submitted_to"]) if "submitted_to" in query else None
+        with self._lock:
+            rows = [dict(r) for r in self._records.values()]
+        chosen = []
+        for r in rows:
+            at = _parse_ts(r["submitted"])
+            if (start is None or at >= start) and (end is None or at < end):
+                chosen.append(r)
+        return sorted(chosen, key=lambda r: (r["submitted"], r["id"]))
+
+    def route(self, path: str, query: dict[str, str]) -> tuple[int, Any, dict[str, str]]:
+        try:
+            limit = min(int(query.get("limit", "100")), MAX_LIMIT)
+            rows = self._select(query)
+            if path == "/api/v1/surveys":
+                offset = int(query.get("offset", "0"))
+                return 200, {"data": rows[offset : offset + limit], "total": len(rows), "offset": offset}, {}
+            if path == "/api/v2/surveys":
+                offset = int(base64.urlsafe_b64decode(query["cursor"]).decode()) if "cursor" in query else 0
+                more = offset + limit < len(rows)
+                cursor = base64.urlsafe_b64encode(str(offset + limit).encode()).decode() if more else None
+                return 200, {"data": rows[offset : offset + limit], "next_cursor": cursor}, {}
+            return 404, {"error": f"no such endpoint {path}"}, {}
+        except (ValueError, KeyError) as exc:
+            return 400, {"error": f"bad request: {exc}"}, {}
 
 
 def serve(days: int = 120, tickets_per_day: int = 200, seed: int = 7, port: int = 8765, token: str | None = None):

@@ -1,7 +1,8 @@
 """The source systems ServiceLoop pulls from, declared in ``sources.yml``, and which entity lives where.
 
 One YAML file (``sources.yml`` at the repository root; ``SERVICELOOP_SOURCES_FILE`` points
-elsewhere) declares every source: its kind (``sql``, ``file_drop``, ``rest_api``), how to
+elsewhere) declares every source: its kind (``sql``, ``file_drop``, ``rest_api``,
+``servicenow`` for ServiceNow's Table API, ``servicenow_csv`` for its incident exports), how to
 reach it (an Airflow connection id or an environment variable, resolved at task time), its
 schedule and overlap window, and for each contract entity it holds, where the records are
 (a table, an endpoint, a folder) and how the source's names map onto the contract's fields.
@@ -13,7 +14,11 @@ columns, source names) must be a plain identifier, so configuration cannot injec
 
 Kept free of heavy imports: DAG files read it at parse time to lay out one task per source
 and entity. Each source reads its records with ``read(...)``, which imports its reader
-(``serviceloop.extract``, ``serviceloop.rest``) only when called.
+(``serviceloop.extract``, ``serviceloop.rest``, ``serviceloop.servicenow``) only when called.
+
+A ``servicenow_csv`` source is not scheduled: its exports are loaded when someone runs
+``serviceloop import servicenow-csv PATH``. It still has raw tables, validation and quarantine
+like every source, but no ingest task and no asset (``SCHEDULED`` leaves it out).
 """
 
 from __future__ import annotations
@@ -37,7 +42,9 @@ DROP_FORMATS = ("csv", "jsonl", "parquet")
 DROP_SETTLE = dt.timedelta(seconds=2)
 # The ingest DAG's own schedule; a source on another one gets a DAG of its own.
 DEFAULT_SCHEDULE = "0 0 * * *"
-KINDS = ("sql", "file_drop", "rest_api")
+KINDS = ("sql", "file_drop", "rest_api", "servicenow", "servicenow_csv")
+# How a ServiceNow CSV export writes its date-times (day-first is what the sample exports use).
+DATE_ORDERS = ("dmy", "mdy", "ymd")
 
 # A name that becomes part of an SQL identifier or a task id: raw.<source>__<entity>.
 SOURCE_NAME = re.compile(r"[a-z][a-z0-9_]{0,39}")
@@ -48,6 +55,8 @@ ENDPOINT = re.compile(r"/[A-Za-z0-9_\-./~]*")
 DURATION = re.compile(r"(\d+)\s*([smhd])")
 CRON = re.compile(r"@(hourly|daily|weekly|monthly|yearly)|(\S+\s+){4}\S+")
 UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+# A drop's folder: a name under the state folder's drops/, or an fsspec URL (protocol://path).
+DROP_FOLDER = re.compile(r"[A-Za-z0-9_\-.]+|[a-z][a-z0-9+.\-]*://[^\s]*")
 
 
 class SourcesConfigError(ValueError):
@@ -121,6 +130,9 @@ class _Source:
     def conn_id(self) -> str | None:
         return self.connection.conn_id if self.connection else None
 
+    # An ingest task per entity on the source's schedule (False: loaded on demand only).
+    scheduled = True
+
 
 @dataclass(frozen=True)
 class SqlSource(_Source):
@@ -158,7 +170,8 @@ class SqlSource(_Source):
 class FileDropSource(_Source):
     """A folder a tool exports files into, one file per day (``<prefix>_YYYYMMDD.<format>``).
 
-    ``folder`` is relative to the state folder's ``drops/``; ``formats`` are the suffixes read (a
+    ``folder`` is relative to the state folder's ``drops/``, or an fsspec URL (``s3://bucket/x``,
+    ``memory://drops``, ``file:///srv/drops``) read with fsspec; ``formats`` are the suffixes read (a
     subset of ``DROP_FORMATS``); a file changed less than ``settle`` ago may still be being
     written and is checked again before it is read.
     """
@@ -177,11 +190,12 @@ class FileDropSource(_Source):
         """The records of the drop's daily files in the window; the manifest lives in ``warehouse``'s transaction."""
         from serviceloop.extract import DropManifest, read_drop
 
-        if drop_root is None:
+        if drop_root is None and "://" not in self.folder:
             raise ValueError(f"source {self.name} is a file drop: give its folder")
         manifest = DropManifest(warehouse, self.name, batch_id) if warehouse is not None else None
+        folder = self.folder if "://" in self.folder else Path(drop_root) / self.folder
         return read_drop(
-            Path(drop_root) / self.folder, self.prefix, ENTITIES[entity_name], window_start, window_end,
+            folder, self.prefix, ENTITIES[entity_name], window_start, window_end,
             formats=self.formats, settle=self.settle, manifest=manifest,
         )  # fmt: skip
 
@@ -213,7 +227,61 @@ class RestApiSource(_Source):
         return read_rest(self, entity_name, window_start, window_end, connection)
 
 
-Source = SqlSource | FileDropSource | RestApiSource
+@dataclass(frozen=True)
+class ServiceNowSource(_Source):
+    """ServiceNow's Table API: ``GET /api/now/table/<table>`` paged by offset, filtered on ``sys_updated_on``.
+
+    ``table`` is the incident table (or one extending it); ``query`` an encoded query that every
+    request adds to the window (``active=true``, ``assignment_group.nameSTARTSWITHService``). The
+    connection, auth and retry settings are a ``rest_api`` source's; incident fields map onto the
+    contract as ``serviceloop.servicenow`` describes, ``columns`` and ``values`` overriding it.
+    """
+
+    kind = "servicenow"
+    auth: str = "basic"
+    timeout: float = 30.0
+    retries: int = 5
+    backoff: float = 1.0
+    max_backoff: float = 60.0
+    page_size: int = 1000
+    table: str = "incident"
+    query: str = ""
+
+    def read(self, entity_name: str, window_start, window_end, *, connection: str | None = None, **_) -> Iterator:
+        """The incidents updated in [window_start, window_end), from the instance at ``connection`` (its base URL)."""
+        from serviceloop.servicenow import read_table_api
+
+        if connection is None:
+            raise ValueError(f"source {self.name} is a ServiceNow instance: give its base URL")
+        return read_table_api(self, entity_name, window_start, window_end, connection)
+
+
+@dataclass(frozen=True)
+class ServiceNowCsvSource(_Source):
+    """ServiceNow incident exports (CSV), loaded by ``serviceloop import servicenow-csv PATH``.
+
+    Plain exports (one row per incident) and event-log exports (one row per update of an
+    incident) alike: ``tickets`` takes each incident's latest row, ``ticket_events`` the
+    changes between consecutive rows. ``timezone`` is the zone the export's date-times are in
+    (the exporting user's), ``date_order`` how they are written (``dmy``: ``29/2/2016 01:16``).
+    """
+
+    kind = "servicenow_csv"
+    scheduled = False
+    checks_batch_health = False
+    timezone: str = "UTC"
+    date_order: str = "dmy"
+
+    def read(self, entity_name: str, window_start, window_end, *, connection=None, warehouse=None, **_) -> Iterator:
+        """The export file at ``connection`` (a path or fsspec URL) as records of ``entity_name``."""
+        from serviceloop.servicenow import read_export
+
+        if connection is None:
+            raise ValueError(f"source {self.name} holds ServiceNow exports: give the export's path")
+        return read_export(self, entity_name, connection)
+
+
+Source = SqlSource | FileDropSource | RestApiSource | ServiceNowSource | ServiceNowCsvSource
 
 
 def raw_table(source: str, entity: str) -> str:
@@ -309,18 +377,30 @@ def _kind(value: Any) -> str:
 
 
 COMMON_KEYS = {"kind", "enabled", "connection", "schedule", "overlap", "entities", "description"}
+API_KEYS = {"auth", "timeout", "retries", "backoff", "max_backoff", "page_size"}
 KIND_KEYS = {
     "sql": set(),
     "file_drop": {"folder", "prefix", "formats", "settle"},
-    "rest_api": {"auth", "timeout", "retries", "backoff", "max_backoff", "page_size"},
+    "rest_api": API_KEYS,
+    "servicenow": API_KEYS | {"table", "query"},
+    "servicenow_csv": {"timezone", "date_order"},
 }
 MAPPING_KEYS = {"columns", "constants", "values", "watermark"}
 ENTITY_KEYS = {
     "sql": {"table"} | MAPPING_KEYS,
     "file_drop": set(),
     "rest_api": {"endpoint", "records", "pagination", "window_params", "page_params", "next_cursor"} | MAPPING_KEYS,
+    # ServiceNow's incident columns map onto the contract by default (serviceloop.servicenow).
+    "servicenow": MAPPING_KEYS - {"watermark"},
+    "servicenow_csv": MAPPING_KEYS - {"watermark"},
 }
-DEFAULT_OVERLAP = {"sql": dt.timedelta(days=2), "file_drop": dt.timedelta(days=1), "rest_api": dt.timedelta(days=1)}
+# The entities a ServiceNow source can give: the Table API reads incidents; an export also
+# gives the lifecycle events between an incident's consecutive rows.
+SERVICENOW_ENTITIES = {"servicenow": ("tickets",), "servicenow_csv": ("tickets", "ticket_events")}
+DEFAULT_OVERLAP = {
+    "sql": dt.timedelta(days=2), "file_drop": dt.timedelta(days=1), "rest_api": dt.timedelta(days=1),
+    "servicenow": dt.timedelta(days=1), "servicenow_csv": dt.timedelta(0),
+}  # fmt: skip
 PAGE_PARAMS = {"offset": {"offset": "offset", "limit": "limit"}, "cursor": {"cursor": "cursor", "limit": "limit"}}
 
 
@@ -359,6 +439,17 @@ def _source(check: _Checker, name: str, spec: Any, key: str) -> Source:
         "schedule": check.text(spec.get("schedule", DEFAULT_SCHEDULE), f"{key}.schedule", CRON, "a cron expression"),
         "mappings": _mappings(check, kind, spec["entities"], f"{key}.entities"),
     }
+    if kind in SERVICENOW_ENTITIES:
+        extra = [e for e in common["mappings"] if e not in SERVICENOW_ENTITIES[kind]]
+        if extra:
+            raise check.fail(
+                f"{key}.entities.{extra[0]}",
+                f"a {kind} source gives {' and '.join(SERVICENOW_ENTITIES[kind])} only",
+            )
+        if "tickets" not in common["mappings"]:
+            raise check.fail(f"{key}.entities", "a ServiceNow source gives tickets: declare them")
+    if kind == "servicenow_csv":
+        return _servicenow_csv(check, spec, key, common)
     if kind != "file_drop":
         if "connection" not in spec:
             raise check.fail(key, "missing key 'connection'")
@@ -374,24 +465,72 @@ def _source(check: _Checker, name: str, spec: Any, key: str) -> Source:
         return FileDropSource(
             **common,
             folder=check.text(
-                spec.get("folder", name), f"{key}.folder", re.compile(r"[A-Za-z0-9_\-.]+"), "a folder name"
+                spec.get("folder", name), f"{key}.folder", DROP_FOLDER, "a folder name or an fsspec URL (s3://bucket/x)"
             ),
             prefix=check.identifier(spec.get("prefix", name), f"{key}.prefix"),
             formats=tuple(formats),
             settle=check.duration(spec["settle"], f"{key}.settle") if "settle" in spec else DROP_SETTLE,
         )
-    auth = spec.get("auth", "bearer")
-    if auth not in ("bearer", "basic", "none"):
-        raise check.fail(f"{key}.auth", f"expected bearer, basic or none, got {_kind(auth)}")
-    return RestApiSource(
-        **common,
-        auth=auth,
-        timeout=check.number(spec.get("timeout", 30), f"{key}.timeout", minimum=0.001),
-        retries=int(check.number(spec.get("retries", 5), f"{key}.retries", integer=True)),
-        backoff=check.number(spec.get("backoff", 1), f"{key}.backoff"),
-        max_backoff=check.number(spec.get("max_backoff", 60), f"{key}.max_backoff"),
-        page_size=int(check.number(spec.get("page_size", 100), f"{key}.page_size", integer=True, minimum=1)),
-    )
+    if kind == "servicenow":
+        return ServiceNowSource(
+            **common,
+            **_api_settings(
+                check, spec, key, default_auth="basic", default_page=1000, allowed_auth=("basic", "bearer")
+            ),
+            table=check.identifier(spec.get("table", "incident"), f"{key}.table"),
+            query=_encoded_query(check, spec.get("query", ""), f"{key}.query"),
+        )
+    return RestApiSource(**common, **_api_settings(check, spec, key))
+
+
+def _api_settings(
+    check: _Checker, spec: dict, key: str, *, default_auth: str = "bearer", default_page: int = 100,
+    allowed_auth: tuple[str, ...] = ("bearer", "basic", "none"),
+) -> dict[str, Any]:  # fmt: skip
+    auth = spec.get("auth", default_auth)
+    if auth not in allowed_auth:
+        raise check.fail(
+            f"{key}.auth", f"expected {', '.join(allowed_auth[:-1])} or {allowed_auth[-1]}, got {_kind(auth)}"
+        )
+    return {
+        "auth": auth,
+        "timeout": check.number(spec.get("timeout", 30), f"{key}.timeout", minimum=0.001),
+        "retries": int(check.number(spec.get("retries", 5), f"{key}.retries", integer=True)),
+        "backoff": check.number(spec.get("backoff", 1), f"{key}.backoff"),
+        "max_backoff": check.number(spec.get("max_backoff", 60), f"{key}.max_backoff"),
+        "page_size": int(
+            check.number(spec.get("page_size", default_page), f"{key}.page_size", integer=True, minimum=1)
+        ),
+    }
+
+
+# An encoded query's conditions: field, operator, value, joined by ^ (no ORDERBY: the reader orders).
+ENCODED_QUERY = re.compile(r"[^\x00-\x1f]*")
+
+
+def _encoded_query(check: _Checker, value: Any, key: str) -> str:
+    if value == "":
+        return ""
+    text = check.text(value, key, ENCODED_QUERY, "an encoded query on one line")
+    if "ORDERBY" in text or "^NQ" in text:
+        raise check.fail(key, "ORDERBY and ^NQ are the reader's: give conditions only (field=value^field2>value2)")
+    return text
+
+
+def _servicenow_csv(check: _Checker, spec: dict, key: str, common: dict) -> ServiceNowCsvSource:
+    import zoneinfo
+
+    if "connection" in spec:
+        raise check.fail(f"{key}.connection", "a servicenow_csv source reads the files it is given: no connection")
+    zone = check.text(spec.get("timezone", "UTC"), f"{key}.timezone")
+    try:
+        zoneinfo.ZoneInfo(zone)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise check.fail(f"{key}.timezone", f"{zone!r} is not an IANA time zone (UTC, Europe/Berlin ...)") from None
+    order = spec.get("date_order", "dmy")
+    if order not in DATE_ORDERS:
+        raise check.fail(f"{key}.date_order", f"expected one of {', '.join(DATE_ORDERS)}, got {_kind(order)}")
+    return ServiceNowCsvSource(**common, timezone=zone, date_order=order)
 
 
 def _connection(check: _Checker, spec: Any, key: str) -> ConnectionRef:
@@ -416,10 +555,13 @@ def _mappings(check: _Checker, kind: str, spec: Any, key: str) -> dict[str, Enti
 
 
 def _mapping(check: _Checker, kind: str, entity: Entity, spec: Any, key: str) -> EntityMapping:
-    required = {"sql": ("table",), "rest_api": ("endpoint",), "file_drop": ()}[kind]
+    required = {"sql": ("table",), "rest_api": ("endpoint",)}.get(kind, ())
     spec = check.mapping(spec, key, ENTITY_KEYS[kind], required)
-    # SQL names become identifiers; API names are JSON keys (dotted for nested objects).
-    name_check = check.identifier if kind == "sql" else (lambda v, k: check.text(v, k, JSON_PATH, "a JSON key path"))
+    # SQL names and ServiceNow column names become identifiers; API names are JSON keys (dotted for nested objects).
+    if kind in ("sql", "servicenow", "servicenow_csv"):
+        name_check = check.identifier
+    else:
+        name_check = lambda v, k: check.text(v, k, JSON_PATH, "a JSON key path")  # noqa: E731
     columns = {
         check.field_name(entity, f, f"{key}.columns.{f}"): name_check(c, f"{key}.columns.{f}")
         for f, c in check.mapping(spec.get("columns", {}), f"{key}.columns").items()
@@ -491,6 +633,12 @@ def enabled(sources: dict[str, Source]) -> dict[str, Source]:
     return {n: s for n, s in sources.items() if s.enabled}
 
 
+def scheduled(sources: dict[str, Source]) -> dict[str, Source]:
+    return {n: s for n, s in sources.items() if s.scheduled}
+
+
 CONFIGURED: dict[str, Source] = load_sources()
-# The sources the pipeline runs: the enabled ones.
+# The sources the pipeline knows (raw tables, validation, quarantine): the enabled ones.
 SOURCES: dict[str, Source] = enabled(CONFIGURED)
+# The ones it pulls from on a schedule (an ingest task each); the others are loaded on demand.
+SCHEDULED: dict[str, Source] = scheduled(SOURCES)

@@ -118,7 +118,7 @@ def detect_drift() -> dict:
     from serviceloop import drift, warehouse
 
     with warehouse.connect(dsn=connection_dsn(WAREHOUSE_CONN_ID)) as conn:
-        return drift.run(conn, reports_dir=paths().reports).as_dict()
+        return drift.run(conn, reports_dir=paths().reports, workspace=paths().evidently_workspace).as_dict()
 
 
 def open_reviews(drift_result: dict) -> dict:

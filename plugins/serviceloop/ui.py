@@ -452,7 +452,7 @@ def create_app():
 
     def _connect():
         try:
-            return warehouse.connect()
+            return warehouse.connect(dsn=warehouse.pipeline_url())
         except (warehouse.WarehouseError, OSError) as exc:
             raise HTTPException(503, f"the warehouse cannot be reached: {exc}") from None
 

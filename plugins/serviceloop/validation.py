@@ -27,6 +27,7 @@ quarantined) and ``{clock_skew}`` (the suite parameter ``clock_skew``, overridde
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import os
@@ -52,7 +53,10 @@ ROW_NUMBER = "_row_number"
 # The rule a row gets when its reader could not parse it (``serviceloop.extract.PARSE_ERROR``).
 PARSE_ERROR_RULE = "parse_error"
 CLOCK_SKEW_ENV = "SERVICELOOP_CLOCK_SKEW"
-KEEP_RESULTS = 50  # validation results per suite listed in the Data Docs index
+# "off" skips the Data Docs page of each batch (about half of a small batch's time): for a
+# long backfill, whose hundreds of pages nobody reads. The verdict is the same.
+DATA_DOCS_ENV = "SERVICELOOP_DATA_DOCS"
+KEEP_RESULTS = 50  # validation results per suite kept, with their Data Docs pages (older ones are removed)
 _INTERVAL = re.compile(r"\d+(\.\d+)?\s*(second|minute|hour|day)s?", re.IGNORECASE)
 
 
@@ -384,7 +388,7 @@ class Validator:
                 query = f"select broken.{ROW_NUMBER} from ({found}) as broken"
             verdict.failed.append(FailedRule(rule.rule, rule.severity, query))
         verdict.seconds = time.perf_counter() - started
-        if data_docs:
+        if data_docs and os.environ.get(DATA_DOCS_ENV, "on").strip().lower() not in ("off", "0", "false", "no"):
             verdict.data_docs = self._data_docs(result, run_name, table)
         return verdict
 
@@ -415,13 +419,24 @@ class Validator:
         return Path(url.removeprefix("file://")) if url else None
 
     def _prune(self) -> None:
-        """Keep the latest ``KEEP_RESULTS`` results of the suite: the index is rebuilt from them each time."""
+        """Keep the latest ``KEEP_RESULTS`` results of the suite and their pages.
+
+        The index is rebuilt from the results each time; a result's page sits at the same
+        relative path under ``validations/`` and goes with it, so the folder stays bounded
+        however many batches run.
+        """
         folder = self.results / self.entity
         if not folder.is_dir():
             return
         runs = sorted(folder.glob("*/*/*.json"), key=lambda f: f.stat().st_mtime, reverse=True)
+        pages = self.docs / "validations"
         for old in runs[KEEP_RESULTS:]:
+            relative = old.relative_to(self.results)
             old.unlink(missing_ok=True)
+            (pages / relative).with_suffix(".html").unlink(missing_ok=True)
+            for empty in (old.parent, old.parent.parent, (pages / relative).parent, (pages / relative).parent.parent):
+                with contextlib.suppress(OSError):  # not empty, or gone already
+                    empty.rmdir()
 
 
 _validators: dict[tuple[str, str], Validator] = {}

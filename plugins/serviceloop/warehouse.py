@@ -20,6 +20,7 @@ from pathlib import Path
 
 import psycopg2
 import psycopg2.extensions
+from psycopg2 import sql
 from sqlalchemy.engine import make_url
 
 from serviceloop.settings import AIRFLOW_DB, HELPDESK_DB, WAREHOUSE_DB, paths
@@ -150,15 +151,29 @@ def sqlalchemy_url(database: str) -> str:
     return make_url(url(database)).set(drivername="postgresql+psycopg2").render_as_string(hide_password=False)
 
 
+def pipeline_url() -> str:
+    """The warehouse as the pipeline's role: ``serviceloop_pipeline`` on the embedded server
+    (``serviceloop.roles``), the URL's own role on an external one."""
+    if is_external():
+        return url(WAREHOUSE_DB)
+    from serviceloop.roles import PIPELINE_ROLE
+
+    return make_url(url(WAREHOUSE_DB)).set(username=PIPELINE_ROLE).render_as_string(hide_password=False)
+
+
 def connection_parts(database: str = WAREHOUSE_DB) -> dict:
-    """Host, port, user, password and database, as an Airflow connection holds them."""
-    u = make_url(url(database))
+    """Host, port, user, password and database, as an Airflow connection holds them.
+
+    The warehouse's connection logs in as the pipeline's role; the others (Airflow's
+    metadata, the simulated helpdesk) as the server's administrator on the embedded default.
+    """
+    u = make_url(pipeline_url() if database == WAREHOUSE_DB else url(database))
     host = u.host or u.query.get("host")
     password = u.password
     if password is None and not is_external():
-        # The embedded server trusts its unix socket; the role still gets a generated
-        # password because dbt profile mappings insist on one.
-        password = embedded_password()
+        # The embedded server trusts its unix socket; the roles still get generated
+        # passwords because dbt profile mappings insist on one.
+        password = pipeline_password() if database == WAREHOUSE_DB else embedded_password()
     return {
         "host": host,
         "port": u.port or 5432,
@@ -179,6 +194,18 @@ def embedded_password() -> str:
     return password
 
 
+def pipeline_password() -> str:
+    """The embedded pipeline role's generated password (kept beside the administrator's)."""
+    cred = paths().warehouse_credentials
+    values = json.loads(cred.read_text()) if cred.exists() else {}
+    if "pipeline_password" not in values:
+        embedded_password()
+        values = json.loads(cred.read_text())
+        values["pipeline_password"] = secrets.token_urlsafe(18)
+        cred.write_text(json.dumps(values))
+    return values["pipeline_password"]
+
+
 def ensure_databases() -> None:
     """Create the warehouse, Airflow and helpdesk databases when missing."""
     admin = make_url(url(WAREHOUSE_DB)).set(database="postgres").render_as_string(hide_password=False)
@@ -194,7 +221,7 @@ def ensure_databases() -> None:
                     continue
                 cur.execute("select 1 from pg_database where datname = %s", (db,))
                 if cur.fetchone() is None:
-                    cur.execute(f'create database "{db}"')
+                    cur.execute(sql.SQL("create database {}").format(sql.Identifier(db)))
             if not is_external():
                 cur.execute("alter role postgres password %s", (embedded_password(),))
 
@@ -207,7 +234,9 @@ def connect(database: str = WAREHOUSE_DB, dsn: str | None = None) -> Iterator[ps
         yield conn
         conn.commit()
     except BaseException:
-        conn.rollback()
+        # A connection the server dropped cannot roll back; the error to raise is the first one.
+        with contextlib.suppress(psycopg2.Error):
+            conn.rollback()
         raise
     finally:
         conn.close()

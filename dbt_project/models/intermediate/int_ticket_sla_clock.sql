@@ -8,7 +8,7 @@
     )
 }}
 
--- depends_on: {{ ref('stg_helpdesk__ticket_events') }}
+-- depends_on: {{ ref('int_ticket_events_unioned') }}
 
 {% set incremental = incremental_ready('source_loaded_at') is sameas true %}
 
@@ -23,11 +23,11 @@ with
 -- known through, which every load moves). A change of sla_policies needs a full refresh.
 changed as (
 
-    {{ tickets_to_rebuild(incremental, ref('stg_helpdesk__tickets'), entities=['tickets', 'ticket_events']) }}
+    {{ tickets_to_rebuild(incremental, ref('int_tickets_unioned'), entities=['tickets', 'ticket_events']) }}
     {%- if incremental %}
         union
         select open_tickets.ticket_id
-        from {{ ref('stg_helpdesk__tickets') }} as open_tickets
+        from {{ ref('int_tickets_unioned') }} as open_tickets
         where open_tickets.first_response_at is null or open_tickets.resolved_at is null
     {%- endif %}
 
@@ -35,7 +35,7 @@ changed as (
 
 tickets as (
 
-    select * from {{ ref('stg_helpdesk__tickets') }}
+    select * from {{ ref('int_tickets_unioned') }}
     where ticket_id in (select changed.ticket_id from changed)
 
 ),

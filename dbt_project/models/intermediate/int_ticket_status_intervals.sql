@@ -15,13 +15,13 @@ with
 -- Incremental: the tickets with an event loaded since the last build are rebuilt whole.
 changed as (
 
-    {{ tickets_to_rebuild(incremental, ref('stg_helpdesk__ticket_events'), entities=['ticket_events']) }}
+    {{ tickets_to_rebuild(incremental, ref('int_ticket_events_unioned'), entities=['ticket_events']) }}
 
 ),
 
 events as (
 
-    select * from {{ ref('stg_helpdesk__ticket_events') }}
+    select * from {{ ref('int_ticket_events_unioned') }}
     where ticket_id in (select changed.ticket_id from changed)
 
 ),

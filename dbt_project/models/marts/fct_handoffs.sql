@@ -12,13 +12,13 @@ with
 
 changed as (
 
-    {{ tickets_to_rebuild(incremental, ref('stg_helpdesk__ticket_events'), entities=['ticket_events']) }}
+    {{ tickets_to_rebuild(incremental, ref('int_ticket_events_unioned'), entities=['ticket_events']) }}
 
 ),
 
 events as (
 
-    select * from {{ ref('stg_helpdesk__ticket_events') }}
+    select * from {{ ref('int_ticket_events_unioned') }}
     where
         event_type in ('handoff', 'reassigned')
         and ticket_id in (select changed.ticket_id from changed)
@@ -30,7 +30,7 @@ event_loads as (
     select
         ticket_id,
         max(loaded_at) as source_loaded_at
-    from {{ ref('stg_helpdesk__ticket_events') }}
+    from {{ ref('int_ticket_events_unioned') }}
     where ticket_id in (select changed.ticket_id from changed)
     group by ticket_id
 

@@ -28,7 +28,7 @@ event_loads as (
     select
         ticket_id,
         max(loaded_at) as source_loaded_at
-    from {{ ref('stg_helpdesk__ticket_events') }}
+    from {{ ref('int_ticket_events_unioned') }}
     where ticket_id in (select changed.ticket_id from changed)
     group by ticket_id
 

@@ -14,13 +14,13 @@ with
 
 changed as (
 
-    {{ tickets_to_rebuild(incremental, ref('stg_helpdesk__tickets'), ticket_state=true) }}
+    {{ tickets_to_rebuild(incremental, ref('int_tickets_unioned'), ticket_state=true) }}
 
 ),
 
 tickets as (
 
-    select * from {{ ref('stg_helpdesk__tickets') }}
+    select * from {{ ref('int_tickets_unioned') }}
     where ticket_id in (select changed.ticket_id from changed)
 
 ),
@@ -28,7 +28,7 @@ tickets as (
 -- Every ticket of the rebuilt tickets' customers (their neighbours in time).
 customers_tickets as (
 
-    select * from {{ ref('stg_helpdesk__tickets') }}
+    select * from {{ ref('int_tickets_unioned') }}
     where customer_id in (select tickets.customer_id from tickets)
 
 ),
@@ -53,7 +53,7 @@ surveys as (
 
 events as (
 
-    select * from {{ ref('stg_helpdesk__ticket_events') }}
+    select * from {{ ref('int_ticket_events_unioned') }}
 
 ),
 

@@ -34,7 +34,8 @@ final as (
         created_at,
         updated_at,
         channel,
-        customer_id,
+        -- Personal data: the marts know a customer by a keyed pseudonym only.
+        {{ pseudonymise('customer_id') }} as customer_id,
         customer_segment,
         category,
         subcategory,

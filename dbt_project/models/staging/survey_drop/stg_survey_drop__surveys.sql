@@ -32,7 +32,8 @@ final as (
         csat,
         nps,
         complaint,
-        comment,
+        -- Personal data: e-mail addresses and phone numbers are masked.
+        {{ mask_contact_details('comment') }} as comment,  -- noqa: RF04
         _batch_id as batch_id,
         _loaded_at as loaded_at
     from latest
