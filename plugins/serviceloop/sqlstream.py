@@ -23,7 +23,9 @@ value maps. Where the DataFrame path is limited by pandas, the source's value is
 did (a timestamp outside pandas' range 1677-09-21 .. 2262-04-11 keeps its ``str()`` form);
 where it cannot read a value at all, this path still does: ``infinity`` and years outside
 1..9999 are kept as PostgreSQL prints them (the DataFrame path fails the batch on them), and
-validation rejects them either way.
+validation rejects them either way. One difference is left: a boolean word with non-ASCII
+letters in a PostgreSQL text column is lower-cased by the database's collation, not Python's
+(it is rejected either way; only its quarantined text may differ).
 
 This path serves the column types whose rendering it matches exactly. A timestamp field read
 from a text column (pandas' lenient ISO 8601 parser decides what it means), a PostgreSQL
