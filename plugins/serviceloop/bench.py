@@ -431,10 +431,10 @@ class Bench:
     def _ingest_each(self, start: dt.datetime, end: dt.datetime) -> dict:
         """Every entity's batch for the interval, each in a child process of its own, as the ingest
         DAG runs them (one task each): each entity's peak RSS is its batch's own."""
-        from serviceloop.sources import SOURCES
+        from serviceloop.sources import SCHEDULED
 
         out = {"entities": {}, "seconds": 0.0, "peak_rss_mb": 0.0}
-        for source in SOURCES.values():
+        for source in SCHEDULED.values():
             for entity in source.entities:
                 params = {"start": start.isoformat(), "end": end.isoformat(), "entities": [[source.name, entity.name]]}
                 run = child("ingest", params, self.log_path)
