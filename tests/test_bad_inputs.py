@@ -558,6 +558,27 @@ TABLE_CASES = {
         [_ticket("HD-1", customer_id=None), _ticket("HD-2", team_id="  "), _ticket("HD-3", escalated=None)],
         [("HD-1", ["customer_id_present"]), ("HD-2", ["team_id_present"]), ("HD-3", ["escalated_present"])],
     ),
+    # PostgreSQL casts these words to timestamps; only the layout rule may judge them, or a
+    # time rule would add a second, misleading reason ("resolved before first response").
+    "tickets-special-timestamp-words": TableCase(
+        "tickets",
+        [
+            _ticket("HD-1", closed_at="infinity"),
+            _ticket("HD-2", first_response_at="now"),
+            _ticket("HD-3", created_at="tomorrow"),
+            _ticket("HD-4", resolved_at="yesterday", closed_at="2026-06-02T08:00:00+00:00"),
+            _ticket("HD-5", first_response_at="epoch"),
+            _ticket("HD-6", resolved_at=" -infinity "),
+        ],
+        [
+            ("HD-1", ["closed_at_is_iso_timestamp"]),
+            ("HD-2", ["first_response_at_is_iso_timestamp"]),
+            ("HD-3", ["created_at_is_iso_timestamp"]),
+            ("HD-4", ["resolved_at_is_iso_timestamp"]),
+            ("HD-5", ["first_response_at_is_iso_timestamp"]),
+            ("HD-6", ["resolved_at_is_iso_timestamp"]),
+        ],
+    ),
     "tickets-negative-counts": TableCase(
         "tickets", [_ticket("HD-1", reopen_count="-1")], [("HD-1", ["reopen_count_is_non_negative_integer"])]
     ),

@@ -316,3 +316,18 @@ def db_with_tickets(fresh_db):
     _tickets(fresh_db, [_ticket("HD-1", DAY1 + dt.timedelta(hours=9))])
     _ingest(fresh_db, "tickets")
     return fresh_db
+
+
+def test_time_rules_read_timestamps_in_the_layout_the_castable_rules_accept():
+    """``ops.to_timestamptz`` (which the time rules compare with) and every timestamp's castable
+    rule accept one layout: a value one of them refuses is judged by the castable rule alone."""
+    from serviceloop import schema
+    from serviceloop.contract import ENTITIES, ISO_TIMESTAMP_RE, TIMESTAMP
+
+    for entity in ENTITIES.values():
+        rules = {r.kwargs["column"]: r for r in validation.load_suite(entity.name)
+                 if r.type == "expect_column_values_to_be_castable"}  # fmt: skip
+        for f in entity.fields:
+            if f.type == TIMESTAMP:
+                assert rules[f.name].kwargs == {"column": f.name, "type_name": "timestamptz", "regex": ISO_TIMESTAMP_RE}
+    assert f"value ~ '{ISO_TIMESTAMP_RE}'" in schema.ddl()

@@ -7,8 +7,9 @@ work. The machine may be noisy, so what counts are the ratios:
 
 | stage | anchor beside it | target |
 |---|---|---|
-| load into raw (helpdesk tickets + events) | ``psql`` ``\\copy`` of the same rows from a CSV file | >= 0.8x its throughput |
+| load into raw (helpdesk tickets + events: extract, landing, raw and quarantine; validation apart) | ``psql`` ``\\copy`` of the same rows from a CSV file | >= 0.8x its throughput |
 | validation (the GX part of that ingest) | one hand-written SQL pass of the same checks | <= 2x its time |
+| extract from SQL: peak RSS of each entity's batch | | < 1 GB |
 | dbt build after 1 % of tickets changed | the full build | <= 0.15x |
 | drift, every team and day | one Evidently report over the whole population | <= 3x |
 | one daily interval through Airflow | the sum of the bare stages for that interval | <= 1.5x |
@@ -45,6 +46,7 @@ HISTORY_DAYS = 56  # drift evaluates the days after its first 35 (7 current + 28
 TO_SQL_ROWS = 50_000
 CHANGED_SHARE = 0.01
 PEAK_RSS_TARGET_MB = 1536
+EXTRACT_RSS_TARGET_MB = 1024
 LOAD_ENTITIES = ("tickets", "ticket_events")  # the helpdesk batch the load and validation rows measure
 TARGETS = {
     "load": (">=", 0.8),
@@ -55,8 +57,10 @@ TARGETS = {
 }
 LABELS = {
     "load": "load into raw (rows/s) vs psql COPY",
+    "load_with_validation": "load + validation (rows/s) vs psql COPY",
     "to_sql": "pandas to_sql (rows/s) vs psql COPY",
     "validation": "validation: GX vs one SQL pass (s)",
+    "extract_rss": "extract from SQL: batch peak RSS (MB)",
     "dbt_full": "dbt full build of the models (s)",
     "dbt_incremental": "dbt models after 1 % change vs full (s)",
     "dbt_tests": "dbt tests after 1 % change vs after full (s)",
@@ -115,8 +119,8 @@ def measured(args: list[str], env: dict | None = None, log: Path | None = None) 
     if proc.returncode != 0:
         where = f"; see {log}" if log else ""
         raise RuntimeError(f"bench: {' '.join(map(str, args[:4]))} failed (exit {proc.returncode}){where}")
-    # ru_maxrss is in kilobytes on Linux.
-    return {"seconds": seconds, "peak_rss_mb": usage.ru_maxrss / 1024}
+    # ru_maxrss is in kilobytes on Linux. The load average says how busy the machine was.
+    return {"seconds": seconds, "peak_rss_mb": usage.ru_maxrss / 1024, "load_average": os.getloadavg()[0]}
 
 
 def child(step: str, params: dict, log: Path) -> dict:
@@ -175,9 +179,12 @@ def _ingest(params: dict) -> dict:
 
     ingest.validator = timed_validator
     start, end = dt.datetime.fromisoformat(params["start"]), dt.datetime.fromisoformat(params["end"])
+    only = params.get("entities")
     out = {}
     for source in SCHEDULED.values():
         for entity in source.entities:
+            if only is not None and [source.name, entity.name] not in only:
+                continue
             spent["validation"] = 0.0
             started = time.perf_counter()
             with warehouse.connect() as conn:
@@ -186,8 +193,12 @@ def _ingest(params: dict) -> dict:
                     source_dsn=warehouse.url(HELPDESK_DB), drop_root=paths().drops,
                 )  # fmt: skip
             out[entity.name] = {
+                "source": source.name,
+                "source_kind": source.kind,
                 "work_seconds": time.perf_counter() - started,
                 "validation_seconds": spent["validation"] + result.validation_seconds,
+                # Of which importing GX and building its context and suite, once per process.
+                "validation_setup_seconds": spent["validation"],
                 "rows_read": result.rows_read,
                 "rows_quarantined": result.rows_quarantined,
                 "failed_rules": {**result.quarantine_reasons, **result.warnings},
@@ -286,10 +297,6 @@ def _quote(value: str) -> str:
     return "'" + str(value).replace("'", "''") + "'"
 
 
-# The SQL form of GX's ``%Y-%m-%dT%H:%M:%S%z``: the layout, with an offset or Z.
-_ISO_TIMESTAMP_RE = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(Z|[+-]\d{2}:?\d{2})$"
-
-
 def rule_predicate(rule) -> str:
     """The SQL condition under which a row breaks one rule of a suite (nulls pass value rules, as in GX)."""
     col, kw = rule.kwargs["column"], rule.kwargs
@@ -304,7 +311,10 @@ def rule_predicate(rule) -> str:
     if rule.type == "expect_column_values_to_match_strftime_format":
         if kw["strftime_format"] != "%Y-%m-%dT%H:%M:%S%z":
             raise ValueError(f"rule {rule.rule}: no SQL form for strftime format {kw['strftime_format']!r}")
-        return f"{col} !~ {_quote(_ISO_TIMESTAMP_RE)}"
+        from serviceloop.contract import ISO_TIMESTAMP_RE
+
+        # The SQL form of GX's ``%Y-%m-%dT%H:%M:%S%z``: the layout, with an offset or Z.
+        return f"{col} !~ {_quote(ISO_TIMESTAMP_RE)}"
     if rule.type == "expect_column_values_to_be_castable":
         castable = f"ops.input_is_valid({col}, {_quote(kw['type_name'])})"
         if kw.get("regex"):
@@ -418,29 +428,40 @@ class Bench:
         """Every entity's batch for the interval, in one child process (its peak RSS is the stage's)."""
         return child("ingest", {"start": start.isoformat(), "end": end.isoformat()}, self.log_path)
 
+    def _ingest_each(self, start: dt.datetime, end: dt.datetime) -> dict:
+        """Every entity's batch for the interval, each in a child process of its own, as the ingest
+        DAG runs them (one task each): each entity's peak RSS is its batch's own."""
+        from serviceloop.sources import SCHEDULED
+
+        out = {"entities": {}, "seconds": 0.0, "peak_rss_mb": 0.0}
+        for source in SCHEDULED.values():
+            for entity in source.entities:
+                params = {"start": start.isoformat(), "end": end.isoformat(), "entities": [[source.name, entity.name]]}
+                run = child("ingest", params, self.log_path)
+                result = run["entities"][entity.name]
+                result.update(peak_rss_mb=run["peak_rss_mb"], load_average=run["load_average"])
+                out["entities"][entity.name] = result
+                out["seconds"] += run["seconds"]
+                out["peak_rss_mb"] = max(out["peak_rss_mb"], run["peak_rss_mb"])
+        return out
+
     # -- the measurements
 
-    def run_size(self, size: int, save=lambda m: None) -> dict:
-        """Every measurement of one size; ``save`` gets the measurements so far after each stage."""
-        from serviceloop import airflow_env, warehouse
+    def measure_load(self, size: int, m: dict, save=lambda m: None) -> dict:
+        """The anchors (psql COPY, the SQL validation pass, to_sql), then the history's ingest:
+        the load, validation and extract-memory rows. Returns the history's ingest."""
+        import psycopg2
+
+        from serviceloop import warehouse
         from serviceloop.contract import ENTITIES
         from serviceloop.settings import HELPDESK_DB
 
-        p = plan(size, self.history_days)
+        p = m["plan"]
         start, history_end = dt.datetime.fromisoformat(p["start"] + "T00:00:00+00:00"), _end(p)
-        day1, day2 = _end(p, 1), _end(p, 2)
-        m: dict = {"plan": p}
-        self.reset()
-
-        self.say(f"[{size:,}] simulate {p['days']} days at {p['tickets_per_day']} tickets a weekday")
-        sim = child("simulate", {"plan": p, "extra_days": 0}, self.log_path)
-        m["simulate"] = sim
-
         # The anchors go first: at the largest size they are measured even if the run is cut short.
         self.say(f"[{size:,}] anchors: psql COPY, SQL validation pass, to_sql")
         wh_url, hd_url = warehouse.url(), warehouse.url(HELPDESK_DB)
         files, copy_seconds, sql_seconds, sql_counts = {}, 0.0, 0.0, {}
-        import psycopg2
 
         for name in LOAD_ENTITIES:
             entity = ENTITIES[name]
@@ -480,20 +501,36 @@ class Bench:
         m["anchors"] = {"copy_seconds": copy_seconds, "sql_validation_seconds": sql_seconds, "to_sql": to_sql}
         save(m)
 
-        self.say(f"[{size:,}] ingest the history")
-        ingested = self._ingest_all(start, history_end)
+        self.say(f"[{size:,}] ingest the history, each entity in a process of its own")
+        ingested = self._ingest_each(start, history_end)
         history = ingested["entities"]
         m["ingest_history"] = ingested
         load_rows = sum(history[e]["rows_read"] for e in LOAD_ENTITIES)
-        load_seconds = sum(history[e]["work_seconds"] for e in LOAD_ENTITIES)
+        batch_seconds = sum(history[e]["work_seconds"] for e in LOAD_ENTITIES)
         gx_seconds = sum(history[e]["validation_seconds"] for e in LOAD_ENTITIES)
+        # The load row is the batch without its validation, which has a row (and a target) of its
+        # own; the whole batch is the next row, so neither hides the other.
+        load_seconds = batch_seconds - gx_seconds
         copy_rate = load_rows / copy_seconds
+        load_rss = max(history[e]["peak_rss_mb"] for e in LOAD_ENTITIES)
         m["load"] = {
             "rows": load_rows, "seconds": load_seconds, "rows_per_s": load_rows / load_seconds,
             "anchor_seconds": copy_seconds, "anchor_rows_per_s": copy_rate,
-            "ratio": (load_rows / load_seconds) / copy_rate,
-            "peak_rss_mb": ingested["peak_rss_mb"],
+            "ratio": (load_rows / load_seconds) / copy_rate, "peak_rss_mb": load_rss,
+            "entities": {e: history[e]["work_seconds"] - history[e]["validation_seconds"] for e in LOAD_ENTITIES},
         }  # fmt: skip
+        m["load_with_validation"] = {
+            "rows": load_rows, "seconds": batch_seconds, "rows_per_s": load_rows / batch_seconds,
+            "anchor_seconds": copy_seconds, "anchor_rows_per_s": copy_rate,
+            "ratio": (load_rows / batch_seconds) / copy_rate, "peak_rss_mb": load_rss,
+        }  # fmt: skip
+        m["extract_rss"] = {
+            "entities": {
+                e: {"peak_rss_mb": r["peak_rss_mb"], "rows": r["rows_read"], "source": r["source"]}
+                for e, r in history.items() if r["source_kind"] == "sql"
+            },
+        }  # fmt: skip
+        m["extract_rss"]["peak_rss_mb"] = max(r["peak_rss_mb"] for r in m["extract_rss"]["entities"].values())
         m["to_sql"] = {
             "rows": to_sql["rows"], "seconds": to_sql["work_seconds"], "rows_per_s": to_sql["rows"] / to_sql["work_seconds"],
             "anchor_rows_per_s": copy_rate, "ratio": (to_sql["rows"] / to_sql["work_seconds"]) / copy_rate,
@@ -501,10 +538,31 @@ class Bench:
         }  # fmt: skip
         m["validation"] = {
             "rows": load_rows, "seconds": gx_seconds, "anchor_seconds": sql_seconds, "ratio": gx_seconds / sql_seconds,
+            "setup_seconds": sum(history[e]["validation_setup_seconds"] for e in LOAD_ENTITIES),
             "gx_failed_rules": {e: history[e]["failed_rules"] for e in LOAD_ENTITIES}, "sql_failed_rules": sql_counts,
         }  # fmt: skip
-
         save(m)
+        return ingested
+
+    def run_size(self, size: int, save=lambda m: None) -> dict:
+        """Every measurement of one size; ``save`` gets the measurements so far after each stage."""
+        import psycopg2
+
+        from serviceloop import airflow_env, warehouse
+        from serviceloop.settings import HELPDESK_DB
+
+        p = plan(size, self.history_days)
+        history_end = _end(p)
+        day1, day2 = _end(p, 1), _end(p, 2)
+        m: dict = {"plan": p}
+        self.reset()
+
+        self.say(f"[{size:,}] simulate {p['days']} days at {p['tickets_per_day']} tickets a weekday")
+        sim = child("simulate", {"plan": p, "extra_days": 0}, self.log_path)
+        m["simulate"] = sim
+        ingested = self.measure_load(size, m, save)
+        wh_url, hd_url = warehouse.url(), warehouse.url(HELPDESK_DB)
+
         self.say(f"[{size:,}] dbt full build")
         # Models and tests apart: the models are what an incremental run makes cheaper; the
         # tests read whole tables either way (reported on their own line).
@@ -680,7 +738,17 @@ def rows(results: dict) -> list[dict]:
             m = results["sizes"][size].get(stage)
             if m is None:
                 continue
-            if stage in ("load", "to_sql"):
+            if stage == "extract_rss":
+                # One row per entity of a SQL source: each batch is a process of its own.
+                for entity, e in m["entities"].items():
+                    out.append({
+                        "stage": stage, "label": f"{label}: {entity}", "size": int(size), "value": e["peak_rss_mb"],
+                        "anchor": None, "ratio": None, "target": f"< {EXTRACT_RSS_TARGET_MB} MB",
+                        "met": e["peak_rss_mb"] < EXTRACT_RSS_TARGET_MB, "peak_rss_mb": e["peak_rss_mb"],
+                        "entity": entity, "rows": e["rows"],
+                    })  # fmt: skip
+                continue
+            if stage in ("load", "load_with_validation", "to_sql"):
                 value, anchor = m["rows_per_s"], m["anchor_rows_per_s"]
             else:
                 value, anchor = m.get("seconds", m.get("peak_rss_mb")), m.get("anchor_seconds")
@@ -713,10 +781,10 @@ def print_table(results: dict, console=None) -> None:
     for r in rows(results):
         met = {True: "[green]yes[/green]", False: "[red]no[/red]", None: ""}[r["met"]]
         table.add_row(
-            r["label"] if r["stage"] != previous else "", f"{r['size']:,}", _num(r["value"]), _num(r["anchor"]),
+            r["label"] if r["label"] != previous else "", f"{r['size']:,}", _num(r["value"]), _num(r["anchor"]),
             "" if r["ratio"] is None else f"{r['ratio']:.2f}x", r["target"], met, _num(r["peak_rss_mb"]),
         )  # fmt: skip
-        previous = r["stage"]
+        previous = r["label"]
     console.print(table)
 
 

@@ -49,6 +49,10 @@ EXTERNAL_DELAY_CAUSES = (
 )
 DELAY_CAUSES = INTERNAL_DELAY_CAUSES + EXTERNAL_DELAY_CAUSES
 
+# The layout a timestamp has in the canonical text form (and the layouts validation accepts):
+# the castable rules of expectations/*.yml and ops.to_timestamptz use it.
+ISO_TIMESTAMP_RE = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(Z|[+-]\d{2}:?\d{2})$"
+
 # Field types, named for what the warehouse stores.
 TEXT = "text"
 TIMESTAMP = "timestamptz"

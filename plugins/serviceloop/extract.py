@@ -72,6 +72,11 @@ def to_canonical(frame: pd.DataFrame, entity: Entity, *, lenient_timestamps: boo
         col = frame[f.name]
         if f.type == TIMESTAMP:
             parsed = pd.to_datetime(col, utc=True, errors="coerce", format="ISO8601")
+            if _is_text(col):
+                # pandas also reads the words "now" and "today" as the current time; a timestamp
+                # in an ISO 8601 layout starts with its year.
+                dated = col.str.lstrip().str[:1].str.isdigit().eq(True)
+                parsed = parsed.where(dated | parsed.isna())
             rendered = _iso_utc(parsed)
             kept = parsed.isna() & col.notna()
             if lenient_timestamps and kept.any():
@@ -127,6 +132,9 @@ def _text(value) -> str:
 def _bool_text(value) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        # An integer column with NULLs reaches pandas as floats: 1.0 is the 1 the source holds.
+        value = int(value)
     text = str(value).strip().lower()
     return BOOL_WORDS.get(text, text)
 
@@ -135,6 +143,11 @@ def _require_columns(entity: Entity, present: list[str], where: str) -> None:
     missing = [c for c in entity.required if c not in present]
     if missing:
         raise ContractError(f"{where}: required column(s) {', '.join(missing)} missing for entity {entity.name}")
+
+
+# A PostgreSQL source's session clock: timestamps come back in UTC, a `timestamp` column is
+# compared with the window as UTC wall-clock time.
+PG_UTC = "-c TimeZone=UTC"
 
 
 def sql_engine(url: str):
@@ -147,7 +160,9 @@ def sql_engine(url: str):
     from sqlalchemy.pool import NullPool
 
     if "://" not in url:
-        return sa.create_engine("postgresql+psycopg2://", connect_args={"dsn": url}, poolclass=NullPool)
+        return sa.create_engine(
+            "postgresql+psycopg2://", connect_args={"dsn": url, "options": PG_UTC}, poolclass=NullPool
+        )
     parsed = sa.engine.make_url(url)
     if parsed.drivername in ("mysql", "mariadb"):
         parsed = parsed.set(drivername=f"{parsed.drivername}+pymysql")
@@ -155,6 +170,8 @@ def sql_engine(url: str):
     if parsed.get_backend_name() in ("mysql", "mariadb"):
         # DATETIME has no zone and TIMESTAMP is shown in the session's: both read as UTC.
         connect_args["init_command"] = "SET time_zone = '+00:00'"
+    elif parsed.get_backend_name() == "postgresql" and parsed.get_dialect().driver in ("psycopg2", "psycopg"):
+        connect_args["options"] = " ".join(filter(None, (parsed.query.get("options"), PG_UTC)))
     return sa.create_engine(parsed, connect_args=connect_args, poolclass=NullPool)
 
 
@@ -198,25 +215,31 @@ def read_sql(
                 params = {k: v.astimezone(dt.UTC).replace(tzinfo=None) for k, v in params.items() if v is not None}
             result = conn.execution_options(stream_results=True, yield_per=chunk_rows).execute(query, params)
             for rows in result.partitions(chunk_rows):
-                yield map_to_contract(pd.DataFrame.from_records(rows, columns=labels), entity, mapping)
+                # Values as the driver gave them: inferring dtypes would turn an integer column
+                # with NULLs into floats, and a bigint beyond 2**53 into another number.
+                frame = pd.DataFrame([tuple(r) for r in rows], columns=labels, dtype=object)
+                yield map_to_contract(frame, entity, mapping)
     finally:
         engine.dispose()
 
 
-def _sql_query(entity: Entity, mapping: EntityMapping, table: str, present: dict[str, str], window_start):
-    """The select of one window, its columns labelled with the contract's field names."""
-    import sqlalchemy as sa
+def sql_columns(entity: Entity, mapping: EntityMapping, table: str, present: dict[str, str]):
+    """The source columns a window selects: (field, column) pairs, the watermark and the key column.
 
+    ``present`` maps the table's column names, lower-cased, to their actual names. A required
+    field, or one the mapping names, whose column is missing fails the batch, naming the column
+    it was probably renamed to.
+    """
     mapped = {mapping.source_column(f.name).lower() for f in entity.fields} | {mapping.watermark_column.lower()}
     unmapped = [actual for lower, actual in present.items() if lower not in mapped]
 
-    def column(source_name: str, what: str):
+    def column(source_name: str, what: str) -> str:
         actual = present.get(source_name.lower())
         if actual is None:
             renamed = _renamed_to(source_name, unmapped)
             hint = f" (renamed to {renamed}?)" if renamed else ""
             raise ContractError(f"table {table}: column {source_name} ({what}) missing for entity {entity.name}{hint}")
-        return sa.column(actual)
+        return actual
 
     selected = []
     for f in entity.fields:
@@ -224,7 +247,7 @@ def _sql_query(entity: Entity, mapping: EntityMapping, table: str, present: dict
             continue
         source_name = mapping.source_column(f.name)
         if source_name.lower() in present:
-            selected.append(column(source_name, f"contract field {f.name}").label(f.name))
+            selected.append((f, column(source_name, f"contract field {f.name}")))
         elif f.required or f.name in mapping.columns:
             column(source_name, f"contract field {f.name}")
         else:
@@ -232,12 +255,21 @@ def _sql_query(entity: Entity, mapping: EntityMapping, table: str, present: dict
             log.warning("table %s: no column %s (optional contract field %s): read as null", table, source_name, f.name)
     watermark = column(mapping.watermark_column, "the watermark")
     key = column(mapping.source_column(entity.key), f"contract field {entity.key}")
+    return selected, watermark, key
+
+
+def _sql_query(entity: Entity, mapping: EntityMapping, table: str, present: dict[str, str], window_start):
+    """The select of one window, its columns labelled with the contract's field names."""
+    import sqlalchemy as sa
+
+    fields, watermark, key = sql_columns(entity, mapping, table, present)
+    selected = [sa.column(actual).label(f.name) for f, actual in fields]
     schema_name, _, name = table.rpartition(".")
     query = sa.select(*selected).select_from(sa.table(name, schema=schema_name or None))
-    query = query.where(watermark < sa.bindparam("end"))
+    query = query.where(sa.column(watermark) < sa.bindparam("end"))
     if window_start is not None:
-        query = query.where(watermark >= sa.bindparam("start"))
-    return query.order_by(watermark, key), [c.name for c in selected]
+        query = query.where(sa.column(watermark) >= sa.bindparam("start"))
+    return query.order_by(sa.column(watermark), sa.column(key)), [c.name for c in selected]
 
 
 def map_to_contract(frame: pd.DataFrame, entity: Entity, mapping: EntityMapping) -> pd.DataFrame:

@@ -43,6 +43,7 @@ from serviceloop import schema
 from serviceloop.contract import ENTITIES, Entity
 from serviceloop.extract import ORIGIN, PARSE_ERROR, ContractError
 from serviceloop.sources import SOURCES, raw_table
+from serviceloop.sqlstream import SqlStream, copy_into_landing
 from serviceloop.validation import (
     PARSE_ERROR_RULE,
     ROW_NUMBER,
@@ -108,7 +109,13 @@ def _window_start(cur, bid: str, source, entity: str, interval_end: dt.datetime)
 
 
 def _chunks(conn, source, entity_name: str, bid: str, window_start, window_end, source_dsn, drop_root):
-    """The source's reader for the window; a file drop records what it read in ``conn``'s transaction."""
+    """The source's records for the window: a SQL source's text stream when its columns allow one,
+    else its reader's DataFrames (a file drop records what it read in ``conn``'s transaction)."""
+    stream = getattr(source, "stream", None)
+    if stream is not None:
+        text = stream(entity_name, window_start, window_end, connection=source_dsn)
+        if text is not None:
+            return text
     return source.read(
         entity_name, window_start, window_end,
         connection=source_dsn, drop_root=drop_root, warehouse=conn, batch_id=bid,
@@ -134,16 +141,29 @@ def landing_columns(entity: Entity) -> list[str]:
     return [*entity.columns, *EXTRA_COLUMNS]
 
 
-def create_landing(side, table: str, entity: Entity, extra: str = "") -> None:
+def create_landing(side, table: str, entity: Entity, extra: str = "", *, commit: bool = True) -> None:
+    """A new landing table (unlogged: it is rebuilt from the source if lost). Without ``commit``,
+    it stays in ``side``'s transaction, and ``stage`` fills it with ``COPY ... FREEZE``."""
     cols = ", ".join(f"{c} text" for c in landing_columns(entity))
     with side.cursor() as cur:
         cur.execute(f"drop table if exists landing.{table}")
         cur.execute(f"create unlogged table landing.{table} ({ROW_NUMBER} bigint not null, {cols}{extra})")
-    side.commit()
+    if commit:
+        side.commit()
 
 
-def stage(side, table: str, entity: Entity, chunks: Iterator[pd.DataFrame]) -> int:
-    """``COPY`` the chunks into ``landing.<table>``, numbering the rows; returns how many."""
+def stage(side, table: str, entity: Entity, chunks: Iterator[pd.DataFrame] | SqlStream) -> int:
+    """``COPY`` the records into ``landing.<table>`` (created in ``side``'s open transaction),
+    numbering the rows; commits, and returns how many.
+
+    ``chunks`` is a reader's DataFrames, or a SQL source's ``SqlStream``, which copies its
+    canonical text straight from the source.
+    """
+    if isinstance(chunks, SqlStream):
+        with side.cursor() as cur:
+            read = chunks.copy_into(cur, table)
+        side.commit()
+        return read
     columns = [ROW_NUMBER, *landing_columns(entity)]
     read = 0
     with side.cursor() as cur:
@@ -153,10 +173,11 @@ def stage(side, table: str, entity: Entity, chunks: Iterator[pd.DataFrame]) -> i
             frame = chunk.reindex(columns=landing_columns(entity))
             frame.insert(0, ROW_NUMBER, range(read, read + len(frame)))
             buf = io.StringIO()
-            # Unquoted empty fields are NULL in COPY's csv format; None renders as one.
-            frame.to_csv(buf, index=False, header=False, quoting=csv.QUOTE_MINIMAL)
+            # Unquoted empty fields are NULL in COPY's csv format; None renders as one. \r\n ends
+            # a record, so a value holding a bare \r is quoted (COPY refuses it unquoted).
+            frame.to_csv(buf, index=False, header=False, quoting=csv.QUOTE_MINIMAL, lineterminator="\r\n")
             buf.seek(0)
-            cur.copy_expert(f"copy landing.{table} ({', '.join(columns)}) from stdin with (format csv)", buf)
+            cur.copy_expert(copy_into_landing(table, columns), buf)
             read += len(frame)
     side.commit()
     return read
@@ -230,17 +251,29 @@ def _record_sql(alias: str) -> str:
     )
 
 
-def load_rows(cur, entity: Entity, table: str, landing: str, batch_expr: str) -> int:
-    """Insert the landing rows no error or hold rule rejected into ``raw``; returns how many."""
+def rejected_any(cur) -> bool:
+    """Whether an error or hold rule rejected any row (``pg_temp.failed``, see ``collect_failures``)."""
+    cur.execute("select exists (select from failed where severity in ('error', 'hold'))")
+    return cur.fetchone()[0]
+
+
+def load_rows(cur, entity: Entity, table: str, landing: str, batch_expr: str, *, rejected: bool = True) -> int:
+    """Insert the landing rows no error or hold rule rejected into ``raw``; returns how many.
+
+    ``rejected=False`` (no row was) inserts them all without looking each up in ``failed``.
+    """
+    keep = f"""
+        where not exists (
+            select from failed
+            where failed.row_number = staged.{ROW_NUMBER} and failed.severity in ('error', 'hold')
+        )
+    """
     cur.execute(
         f"""
         insert into raw.{table} ({", ".join(entity.columns)}, _batch_id, _loaded_at)
         select {_casts(entity, "staged")}, {batch_expr}, now()
         from landing.{landing} as staged
-        where not exists (
-            select from failed
-            where failed.row_number = staged.{ROW_NUMBER} and failed.severity in ('error', 'hold')
-        )
+        {keep if rejected else ""}
         """
     )
     return cur.rowcount
@@ -320,20 +353,46 @@ def check_batch_health(cur, source: str, entity_name: str, bid: str, interval_en
                 f" is {median:g} (above {checks.explode_above:g} x stops the batch)"
             )
     if checks.freshness_column and rows:
-        col = checks.freshness_column
-        cur.execute(
-            f"""
-            select max(ops.to_timestamptz({col})), %s::timestamptz - %s::interval
-            from landing.{landing}
-            """,
-            (interval_end, checks.max_age),
-        )
-        newest, cutoff = cur.fetchone()
+        newest = _newest(cur, landing, checks.freshness_column)
+        cur.execute("select %s::timestamptz - %s::interval", (interval_end, checks.max_age))
+        (cutoff,) = cur.fetchone()
         if newest is not None and newest < cutoff:
             raise BatchHealthError(
-                f"{where}: stale: the newest record's {col} is {newest.isoformat()}, more than {checks.max_age}"
+                f"{where}: stale: the newest record's {checks.freshness_column} is {newest.isoformat()},"
+                f" more than {checks.max_age}"
                 f" before the interval's end {interval_end.isoformat()}"
             )
+
+
+# A timestamp in the canonical text form; every reader renders the valid ones so.
+CANONICAL_LIKE = "____-__-__T__:__:__+00:00"
+
+
+def _newest(cur, landing: str, col: str):
+    """The newest valid timestamp of a landing column.
+
+    Casting every value (``ops.to_timestamptz``) cost seconds per million rows. Values in the
+    canonical form sort as text in time order (fixed width, one offset), so their newest is
+    their greatest in the "C" collation, checked once; only the other values are cast. If that
+    greatest one is not a valid timestamp after all (``2026-13-45T...``), every value is cast.
+    """
+    cur.execute(
+        f"""
+        select max({col} collate "C") filter (where {col} like %(canonical)s),
+            max(ops.to_timestamptz({col})) filter (where {col} not like %(canonical)s)
+        from landing.{landing}
+        """,
+        {"canonical": CANONICAL_LIKE},
+    )
+    greatest, other = cur.fetchone()
+    if greatest is None:
+        return other
+    cur.execute("select ops.to_timestamptz(%s)", (greatest,))
+    (newest,) = cur.fetchone()
+    if newest is None:
+        cur.execute(f"select max(ops.to_timestamptz({col})) from landing.{landing}")
+        return cur.fetchone()[0]
+    return newest if other is None else max(newest, other)
 
 
 # --- held rows ------------------------------------------------------------------------------
@@ -477,7 +536,7 @@ def ingest_batch(
         result = BatchResult(
             bid, source_name, entity_name, window_start.isoformat() if window_start else None, interval_end.isoformat()
         )
-        create_landing(side, landing, entity)
+        create_landing(side, landing, entity, commit=False)
         try:
             chunks = _chunks(conn, source, entity_name, bid, window_start, interval_end, source_dsn, drop_root)
             result.rows_read = stage(side, landing, entity, chunks)
@@ -499,8 +558,10 @@ def ingest_batch(
         result.validation_seconds = verdict.seconds + time.perf_counter() - started
         cur.execute(f"delete from raw.{table} where _batch_id = %s", (bid,))
         cur.execute(f"delete from quarantine.{table} where batch_id = %s", (bid,))
-        result.rows_loaded = load_rows(cur, entity, table, landing, literal(bid))
-        quarantine_rows(cur, table, landing, literal(bid), f"staged.{ROW_NUMBER}")
+        rejected = rejected_any(cur)
+        result.rows_loaded = load_rows(cur, entity, table, landing, literal(bid), rejected=rejected)
+        if rejected:
+            quarantine_rows(cur, table, landing, literal(bid), f"staged.{ROW_NUMBER}")
         result.quarantine_reasons, result.rows_quarantined, result.rows_held = _reasons(cur, table, bid)
         if result.rows_read != result.rows_loaded + result.rows_quarantined:
             raise AssertionError(f"{bid}: read {result.rows_read} != loaded + quarantined")

@@ -154,6 +154,17 @@ class SqlSource(_Source):
         mapping = self.mappings[entity_name]
         return read_sql(connection, mapping.table, ENTITIES[entity_name], window_start, window_end, mapping=mapping)
 
+    def stream(self, entity_name: str, window_start, window_end, *, connection: str | None = None, **_):
+        """The same records as ``read``, as canonical CSV text the batch ``COPY``s into its landing
+        table without pandas (``serviceloop.sqlstream``); None when the table's column types need
+        ``read``."""
+        from serviceloop.sqlstream import stream_sql
+
+        if connection is None:
+            raise ValueError(f"source {self.name} is a database: give its connection")
+        mapping = self.mappings[entity_name]
+        return stream_sql(connection, mapping.table, ENTITIES[entity_name], window_start, window_end, mapping=mapping)
+
 
 @dataclass(frozen=True)
 class FileDropSource(_Source):
