@@ -59,3 +59,28 @@ def fresh_db(warehouse_url):
         conn.autocommit = True
         conn.cursor().execute(f'drop database "{name}" with (force)')
     assert warehouse  # the module stays imported for the session's teardown
+
+
+MARIADB = "mysql+pymysql://root@127.0.0.1:3306"
+
+
+@pytest.fixture
+def mariadb_url():
+    """A throwaway utf8mb4 database on the MariaDB server of this machine (skipped if there is none)."""
+    import uuid
+
+    import sqlalchemy as sa
+
+    admin = sa.create_engine(MARIADB, poolclass=sa.pool.NullPool, connect_args={"connect_timeout": 3})
+    try:
+        conn = admin.connect()
+    except sa.exc.OperationalError as exc:
+        pytest.skip(f"MariaDB on 127.0.0.1:3306 (user root, no password) is not reachable: {exc.orig}")
+    name = f"sl_test_{uuid.uuid4().hex[:10]}"
+    conn.execute(sa.text(f"create database {name} character set utf8mb4"))
+    try:
+        yield f"{MARIADB}/{name}?charset=utf8mb4"
+    finally:
+        conn.execute(sa.text("set session lock_wait_timeout = 30"))
+        conn.execute(sa.text(f"drop database {name}"))
+        conn.close()

@@ -13,7 +13,6 @@ import contextlib
 import datetime as dt
 import random
 import tracemalloc
-import uuid
 
 import psycopg2
 import pytest
@@ -25,7 +24,6 @@ from serviceloop.sources import SOURCES, load_sources
 UTC = dt.UTC
 DAY1 = dt.datetime(2026, 6, 1, tzinfo=UTC)
 DAY2, DAY3, DAY4 = (DAY1 + dt.timedelta(days=n) for n in (1, 2, 3))
-MARIADB = "mysql+pymysql://root@127.0.0.1:3306"
 
 CONFIG = """
 sources:
@@ -149,24 +147,6 @@ def osticket(monkeypatch, tmp_path):
     # The pipeline's sources are those of the file; this test's file adds the osTicket one.
     monkeypatch.setitem(SOURCES, "osticket", source)
     return source
-
-
-@pytest.fixture
-def mariadb_url():
-    """A throwaway database on the MariaDB server of this machine (skipped if there is none)."""
-    admin = sa.create_engine(MARIADB, poolclass=sa.pool.NullPool, connect_args={"connect_timeout": 3})
-    try:
-        conn = admin.connect()
-    except sa.exc.OperationalError as exc:
-        pytest.skip(f"MariaDB on 127.0.0.1:3306 (user root, no password) is not reachable: {exc.orig}")
-    name = f"sl_test_{uuid.uuid4().hex[:10]}"
-    conn.execute(sa.text(f"create database {name}"))
-    try:
-        yield f"{MARIADB}/{name}"
-    finally:
-        conn.execute(sa.text("set session lock_wait_timeout = 30"))
-        conn.execute(sa.text(f"drop database {name}"))
-        conn.close()
 
 
 @pytest.fixture(params=["postgresql", "mariadb"])

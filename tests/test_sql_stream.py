@@ -31,7 +31,6 @@ from serviceloop.sqlstream import SqlStream, stream_sql
 UTC = dt.UTC
 END = dt.datetime(2027, 1, 1, tzinfo=UTC)
 TICKETS = ENTITIES["tickets"]
-MARIADB = "mysql+pymysql://root@127.0.0.1:3306"
 
 CONFIG = """
 sources:
@@ -153,22 +152,6 @@ def _naive_utc(row: dict) -> dict:
     for k, v in row.items():
         out[k] = v.astimezone(UTC).replace(tzinfo=None) if isinstance(v, dt.datetime) and v.tzinfo else v
     return out
-
-
-@pytest.fixture
-def mariadb_url():
-    admin = sa.create_engine(MARIADB, poolclass=sa.pool.NullPool, connect_args={"connect_timeout": 3})
-    try:
-        conn = admin.connect()
-    except sa.exc.OperationalError as exc:
-        pytest.skip(f"MariaDB on 127.0.0.1:3306 (user root, no password) is not reachable: {exc.orig}")
-    name = f"sl_loadpath_{time.time_ns() % 10**10}"
-    conn.execute(sa.text(f"create database {name} character set utf8mb4"))
-    try:
-        yield f"{MARIADB}/{name}?charset=utf8mb4"
-    finally:
-        conn.execute(sa.text(f"drop database {name}"))
-        conn.close()
 
 
 @pytest.fixture(params=["postgresql", "mariadb"])
