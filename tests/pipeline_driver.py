@@ -80,11 +80,11 @@ def prepare(url: str, pipeline_password: str | None = None) -> str:
 def ingest_interval(url: str, source_dsn: str, drops: Path, end: dt.datetime) -> list[dict]:
     """Every enabled source entity's batch of the day ending at ``end``, each committed on its own."""
     from serviceloop.ingest import ingest_batch
-    from serviceloop.sources import SOURCES
+    from serviceloop.sources import SCHEDULED
 
     results = []
     with contextlib.closing(psycopg2.connect(url)) as conn:
-        for source in SOURCES.values():
+        for source in SCHEDULED.values():
             if source.kind == "rest_api":
                 continue
             for entity in source.entities:
