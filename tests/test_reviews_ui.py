@@ -22,7 +22,10 @@ from pathlib import Path
 
 import psycopg2
 import pytest
+from sqlalchemy.engine import make_url
 from test_reviews_alerts import make_tickets
+
+from serviceloop.roles import PIPELINE_ROLE
 
 pytestmark = pytest.mark.slow
 
@@ -30,7 +33,8 @@ CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 DAY0 = dt.date(2026, 7, 1)
 LAST_DAY = DAY0 + dt.timedelta(days=42)
-REVIEW = "R-billing-resolution_time-20260808"
+# Resolution time doubles from 5 August; the resolved-in-the-last-2-days cohort sees it on the 6th.
+REVIEW = "R-billing-resolution_time-20260806"
 NOTE = "已安排两名客服支援账单队列 <b>from Monday</b>"
 
 
@@ -88,8 +92,9 @@ def _run(cli: str, args: list[str], env: dict) -> str:
 def _open_review_through_the_drift_dag(cli: str, env: dict) -> None:
     """Billing's resolution time doubles after 5 healthy weeks; the drift DAG opens the review."""
     _run(cli, ["dbt", "seed", "--select", "teams"], env)  # the owners, as `make run` loads them
-    url = _run(cli, ["warehouse", "url"], env).strip()
-    with psycopg2.connect(url) as conn:
+    # The marts are the pipeline role's, as dbt builds them: the drift task reads them as that role.
+    url = make_url(_run(cli, ["warehouse", "url"], env).strip()).set(username=PIPELINE_ROLE)
+    with psycopg2.connect(url.render_as_string(hide_password=False)) as conn:
         make_tickets(conn, "billing", DAY0, [(35, 10.0), (8, 35.0)])
         with conn.cursor() as cur:
             # The helpdesk extracted through LAST_DAY: the drift monitor evaluates up to it.
@@ -151,7 +156,15 @@ def test_a_review_opened_by_the_pipeline_is_listed_with_its_history_and_its_repo
         # The list: the review the drift DAG opened, with its owner, status and age.
         row = wait.until(ec.presence_of_element_located((By.XPATH, f"//tr[td/a[text()='{REVIEW}']]")))
         cells = [td.text for td in row.find_elements(By.TAG_NAME, "td")]
-        assert cells[1:8] == ["acknowledged", "medium", "billing", "Resolution time", "Mei Chen", "4 d", "2026-08-15"]
+        assert cells[1:8] == [
+            "acknowledged",
+            "high",
+            "billing",
+            "Resolution time",
+            "Mei Chen",
+            "6 d",
+            "2026-08-09 (overdue)",
+        ]
         assert re.fullmatch(r"\d+ findings", cells[8]) and cells[9] == "report"
         assert "the drift monitor last evaluated 2026-08-12" in driver.find_element(By.CLASS_NAME, "meta").text
 
@@ -163,7 +176,7 @@ def test_a_review_opened_by_the_pipeline_is_listed_with_its_history_and_its_repo
             for tr in driver.find_elements(By.XPATH, "//h2[@id='history']/following-sibling::table[1]/tbody/tr")
         ]
         assert [h[1:] for h in history] == [
-            ["open", "drift monitor", "2026-08-08", "opened by drift finding team:billing:2026-08-08:resolution_time"],
+            ["open", "drift monitor", "2026-08-06", "opened by drift finding team:billing:2026-08-06:resolution_time"],
             ["open → acknowledged", "mei.chen", "", NOTE],
         ]
         assert all(re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d UTC", h[0]) for h in history)
@@ -183,7 +196,7 @@ def test_a_review_opened_by_the_pipeline_is_listed_with_its_history_and_its_repo
     status, headers, body = _get(report_url, token=cookie["value"])
     assert status == 200 and headers["content-type"].startswith("text/html")
     assert headers["content-security-policy"].startswith("sandbox")
-    assert body == (home / "reports" / "drift" / "billing" / "2026-08-08.html").read_bytes()
+    assert body == (home / "reports" / "drift" / "billing" / "2026-08-06.html").read_bytes()
     # Nothing but the reports the reviews record is served.
     for path in ("R-nope/report", "..%2F..%2F..%2Fetc%2Fpasswd/report", f"{REVIEW}/evidence/2026-08-09/report"):
         assert _get(f"{reviews_url}/{path}", token=cookie["value"])[0] == 404, path
