@@ -38,6 +38,9 @@ pytestmark = pytest.mark.slow
 
 PG_URL = os.environ.get("SERVICELOOP_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("SERVICELOOP_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+# Both deployments pseudonymise customers with one key, as a move between them would keep it;
+# otherwise each state folder generates its own and every customer id differs.
+SHARED_KEY = {"SERVICELOOP_PSEUDONYM_KEY": "the-key-both-deployments-share"}
 
 DAYS = 60
 TICKETS_PER_DAY = 100
@@ -242,7 +245,7 @@ def _snapshot(dsn: str) -> dict:
 
 
 def _embedded_run(home: Path) -> subprocess.Popen:
-    env = {**os.environ, "SERVICELOOP_HOME": str(home)}
+    env = {**os.environ, "SERVICELOOP_HOME": str(home), **SHARED_KEY}
     for key in ("AIRFLOW_HOME", "SERVICELOOP_WAREHOUSE_URL", "SERVICELOOP_AIRFLOW_DB", "SERVICELOOP_HELPDESK_DB"):
         env.pop(key, None)
     out = (home / "run.out").open("wb")
@@ -274,7 +277,7 @@ def _run_distributed(tmp: Path, procs: Processes, names: dict[str, str], role: t
     from airflow_client.client.models.trigger_dag_run_post_body import TriggerDAGRunPostBody
 
     port = _free_port()
-    env = {**os.environ, "SERVICELOOP_HOME": str(tmp / "distributed")}
+    env = {**os.environ, "SERVICELOOP_HOME": str(tmp / "distributed"), **SHARED_KEY}
     env.pop("AIRFLOW_HOME", None)
     env.pop("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", None)
     env.update(
