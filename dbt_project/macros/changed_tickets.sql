@@ -107,22 +107,33 @@
 
 {#-
     The ticket just before (direction '<') or just after ('>') each moved ticket in its
-    customer's sequence in relation, as a select of ticket_id. Ordered as fct_tickets' customer history is: created_at, then
-    ticket_id.
+    customer's sequence in relation, as a select of ticket_id.
 -#}
 {% macro customer_neighbour(relation, customer_id, created_at, direction) -%}
-    {%- set order = 'desc' if direction == '<' else 'asc' -%}
     select neighbour.ticket_id
     from moved
     cross join lateral (
-        select same.ticket_id
-        from {{ relation }} as same
-        where
-            same.customer_id = {{ customer_id }}
-            and (same.created_at, same.ticket_id) {{ direction }} ({{ created_at }}, moved.ticket_id)
-        order by same.created_at {{ order }}, same.ticket_id {{ order }}
-        limit 1
+        {{ customer_sequence_neighbour(relation, customer_id, created_at, 'moved.ticket_id', direction, 'ticket_id') }}
     ) as neighbour
+{%- endmacro %}
+
+
+{#-
+    The column of the ticket just before (direction '<') or just after ('>') the ticket
+    (customer_id, created_at, ticket_id) in its customer's sequence in relation, as the body
+    of a lateral subquery: at most one row. The sequence is ordered by created_at, then
+    ticket_id, in fct_tickets' customer history and in the neighbours an incremental run
+    rebuilds alike; an index on (customer_id, created_at, ticket_id) makes it one lookup.
+-#}
+{% macro customer_sequence_neighbour(relation, customer_id, created_at, ticket_id, direction, column) -%}
+    {%- set order = 'desc' if direction == '<' else 'asc' -%}
+    select same.{{ column }}
+    from {{ relation }} as same
+    where
+        same.customer_id = {{ customer_id }}
+        and (same.created_at, same.ticket_id) {{ direction }} ({{ created_at }}, {{ ticket_id }})
+    order by same.created_at {{ order }}, same.ticket_id {{ order }}
+    limit 1
 {%- endmacro %}
 
 

@@ -135,22 +135,16 @@ customer_history as (
             next_ticket.created_at as next_ticket_at
         from tickets
         left join lateral (
-            select same.created_at
-            from {{ ref('int_tickets_unioned') }} as same
-            where
-                same.customer_id = tickets.customer_id
-                and (same.created_at, same.ticket_id) < (tickets.created_at, tickets.ticket_id)
-            order by same.created_at desc, same.ticket_id desc
-            limit 1
+            {{ customer_sequence_neighbour(
+                ref('int_tickets_unioned'), 'tickets.customer_id', 'tickets.created_at', 'tickets.ticket_id', '<',
+                'created_at'
+            ) }}
         ) as previous_ticket on true
         left join lateral (
-            select same.created_at
-            from {{ ref('int_tickets_unioned') }} as same
-            where
-                same.customer_id = tickets.customer_id
-                and (same.created_at, same.ticket_id) > (tickets.created_at, tickets.ticket_id)
-            order by same.created_at asc, same.ticket_id asc
-            limit 1
+            {{ customer_sequence_neighbour(
+                ref('int_tickets_unioned'), 'tickets.customer_id', 'tickets.created_at', 'tickets.ticket_id', '>',
+                'created_at'
+            ) }}
         ) as next_ticket on true
     {%- else -%}
         select
