@@ -288,17 +288,6 @@ open_days as (
         and tickets.created_date <= backlog_span.last_day
         and (tickets.resolved_date > backlog_span.first_day or tickets.resolved_date is null)
 
-),
-
-period_ends as (
-
-    select
-        open_days.*,
-        cast(open_days.backlog_day + 1 as timestamp) at time zone '{{ var("reporting_timezone", "UTC") }}'
-            as backlog_at
-    from open_days
-    where open_days.backlog_day in (select backlog_days.backlog_day from backlog_days)
-
 )
     {%- else -%}
 open_days as (
@@ -315,8 +304,11 @@ open_days as (
     ) as backlog_days (backlog_day)
     where tickets.status != 'cancelled'
 
-),
+)
+    {%- endif %},
 
+-- Each open day's backlog as it stood at the day's end (the next day's start in the
+-- reporting time zone): the touched periods' last days, or every period's last day.
 period_ends as (
 
     select
@@ -324,17 +316,20 @@ period_ends as (
         cast(open_days.backlog_day + 1 as timestamp) at time zone '{{ var("reporting_timezone", "UTC") }}'
             as backlog_at
     from open_days
-    cross join data_end
-    where
-        (
-            {{ period_start(grain, 'open_days.backlog_day + 1') }}
-            != {{ period_start(grain, 'open_days.backlog_day') }}
-            or open_days.backlog_day = data_end.last_day
-        )
-        and open_days.backlog_day <= data_end.last_day
+    {% if incremental -%}
+        where open_days.backlog_day in (select backlog_days.backlog_day from backlog_days)
+    {%- else -%}
+        cross join data_end
+        where
+            (
+                {{ period_start(grain, 'open_days.backlog_day + 1') }}
+                != {{ period_start(grain, 'open_days.backlog_day') }}
+                or open_days.backlog_day = data_end.last_day
+            )
+            and open_days.backlog_day <= data_end.last_day
+    {%- endif %}
 
 )
-    {%- endif -%}
 {%- endmacro %}
 
 
