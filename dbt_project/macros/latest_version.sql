@@ -23,14 +23,17 @@
 {#- In an incremental staging table: only the keys loaded (into the raw table loaded) since
     its newest load; with newest_load_wins, only their versions loaded since then. -#}
 {% macro loaded_since_staged(loaded, key, newest_load_wins=false) -%}
-    {%- if incremental_ready('loaded_at') is sameas true and newest_load_wins -%}
-        where _loaded_at > {{ latest_value_literal(this, 'loaded_at') }}
-    {%- elif incremental_ready('loaded_at') is sameas true -%}
-        where {{ key }} in (
-            select newer.{{ key }}
-            from {{ loaded }} as newer
-            where newer._loaded_at > {{ latest_value_literal(this, 'loaded_at') }}
-        )
+    {%- if incremental_ready('loaded_at') is sameas true -%}
+        {%- set newest_load = latest_value_literal(this, 'loaded_at') -%}
+        {%- if newest_load_wins -%}
+            where _loaded_at > {{ newest_load }}
+        {%- else -%}
+            where {{ key }} in (
+                select newer.{{ key }}
+                from {{ loaded }} as newer
+                where newer._loaded_at > {{ newest_load }}
+            )
+        {%- endif -%}
     {%- endif -%}
 {%- endmacro %}
 
