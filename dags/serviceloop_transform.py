@@ -1,10 +1,14 @@
 """
 ### serviceloop_transform
 
-Builds the KPI models with dbt (run by Astronomer Cosmos: one task per dbt node, each a
-`dbt build` of that node, so its tests run right after it) when the ingest has updated the
-raw tables. Publishes the `serviceloop.marts.kpi_daily` Asset that `serviceloop_drift`
-waits for.
+Builds the KPI models with dbt when the ingest has updated the raw tables, and publishes the
+`serviceloop.marts.kpi_daily` Asset that `serviceloop_drift` waits for.
+
+dbt runs through Astronomer Cosmos in watcher mode: the task `dbt.dbt_producer_watcher` runs
+one `dbt build` of the whole project (each model is tested before anything downstream builds
+on it); every model, seed and model's tests then has a task that reports what the build did
+to it, with dbt's log lines and the compiled SQL. A failed model fails its task; retrying that
+task builds the model alone. Logs of the build as a whole are in the producer task.
 
 The dbt profile comes from the Airflow connection `serviceloop_warehouse`. The DAG is laid
 out from the dbt manifest that `serviceloop prepare` writes (`dbt parse`), so parsing this
@@ -16,13 +20,10 @@ from __future__ import annotations
 import datetime as dt
 
 from airflow.sdk import dag, task
-from cosmos import DbtTaskGroup, ExecutionConfig, ProfileConfig, ProjectConfig, RenderConfig
-from cosmos.constants import ExecutionMode, InvocationMode, LoadMode, TestBehavior
-from cosmos.profiles import PostgresUserPasswordProfileMapping
 
 from serviceloop.assets import KPI_DAILY, RAW_ASSETS
 from serviceloop.failure_alerts import DataEngineersNotifier
-from serviceloop.settings import WAREHOUSE_CONN_ID, paths
+from serviceloop.transform import dbt_task_group
 
 
 @dag(
@@ -41,37 +42,11 @@ from serviceloop.settings import WAREHOUSE_CONN_ID, paths
     doc_md=__doc__,
 )
 def serviceloop_transform():
-    project = paths()
-    dbt = DbtTaskGroup(
-        group_id="dbt",
-        project_config=ProjectConfig(
-            dbt_project_path=project.dbt_project,
-            manifest_path=project.dbt_manifest,
-            install_dbt_deps=False,
-        ),
-        profile_config=ProfileConfig(
-            profile_name="serviceloop",
-            target_name="warehouse",
-            profile_mapping=PostgresUserPasswordProfileMapping(
-                conn_id=WAREHOUSE_CONN_ID, profile_args={"schema": "public"}
-            ),
-        ),
-        execution_config=ExecutionConfig(execution_mode=ExecutionMode.LOCAL, invocation_mode=InvocationMode.DBT_RUNNER),
-        render_config=RenderConfig(
-            load_method=LoadMode.DBT_MANIFEST,
-            test_behavior=TestBehavior.BUILD,
-            # A relationships test has two parents; it runs in its own task once both exist.
-            should_detach_multiple_parents_tests=True,
-            # Asset URIs built from a unix-socket host are not valid; the DAG publishes its own.
-            emit_datasets=False,
-        ),
-    )
-
     @task(outlets=[KPI_DAILY])
     def publish_kpis() -> str:
         return "marts.kpi_daily"
 
-    dbt >> publish_kpis()
+    dbt_task_group() >> publish_kpis()
 
 
 serviceloop_transform()

@@ -264,3 +264,16 @@ def test_helm_values_use_the_same_image_and_keep_secrets_in_kubernetes_secrets()
                 walk(item, path)
 
     walk(values)
+
+
+def test_every_deployment_runs_the_transform_with_the_same_cosmos_settings(services):
+    """`make run`/`make up`, compose and Helm run the watcher-mode transform alike."""
+    from serviceloop.transform import COSMOS_SETTINGS
+
+    helm_env = {e["name"]: e["value"] for e in yaml.safe_load(HELM_VALUES.read_text())["env"]}
+    for component in AIRFLOW_COMPONENTS:
+        env = services[component]["environment"]
+        for key, value in COSMOS_SETTINGS.items():
+            assert str(env.get(key)) == value, f"{component}: {key}"
+    for key, value in COSMOS_SETTINGS.items():
+        assert helm_env.get(key) == value, f"Helm values: {key}"

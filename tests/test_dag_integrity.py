@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from serviceloop.settings import REPO_ROOT
+from serviceloop.settings import REPO_ROOT, paths
 
 DAG_FILES = sorted((REPO_ROOT / "dags").glob("*.py"))
 EXPECTED = {"serviceloop_ingest", "serviceloop_transform", "serviceloop_drift", "serviceloop_report"}
@@ -70,6 +70,40 @@ def test_transform_runs_every_dbt_model_and_publishes_the_kpi_asset(dagbag):
     publish = dag.get_task("publish_kpis")
     assert [a.name for a in publish.outlets] == ["serviceloop.marts.kpi_daily"]
     assert publish.upstream_task_ids, "KPIs are published only after dbt"
+
+
+def test_transform_builds_once_and_every_node_task_reports_after_the_build(dagbag):
+    """One `dbt build` (the producer); a task per node that runs after it, never before.
+
+    ``airflow dags test`` runs one task at a time: a node task scheduled before the build
+    would wait for it forever.
+    """
+    from cosmos.constants import PRODUCER_WATCHER_TASK_ID
+
+    dag = dagbag.dags["serviceloop_transform"]
+    producer = dag.get_task(f"dbt.{PRODUCER_WATCHER_TASK_ID}")
+    assert type(producer).__name__ == "DbtProducerWatcherOperator"
+    node_tasks = [t for t in dag.tasks if hasattr(t, "producer_task_id") and t is not producer]
+    assert {"dbt.fct_tickets.run", "dbt.fct_tickets.test", "dbt.teams.seed"} <= {t.task_id for t in node_tasks}
+    for task in node_tasks:
+        assert producer.task_id in task.get_flat_relative_ids(upstream=True), task.task_id
+        assert not type(task).__name__.endswith("LocalOperator"), f"{task.task_id} would start dbt itself"
+
+
+def test_every_dbt_node_fits_the_xcom_keys_its_status_travels_under(dagbag):
+    """The build reports each node under an XCom key made of its name; Airflow keeps 512 characters."""
+    import json
+
+    from airflow.models.xcom import XComModel
+    from cosmos.operators._watcher.aggregation import get_tests_status_xcom_key
+    from cosmos.operators._watcher.state import get_compiled_sql_xcom_key, get_dbt_event_xcom_key
+
+    limit = XComModel.__table__.c.key.type.length
+    manifest = json.loads(paths().dbt_manifest.read_text())
+    for unique_id in manifest["nodes"]:
+        for key in (get_dbt_event_xcom_key(unique_id), get_compiled_sql_xcom_key(unique_id)):
+            assert len(key) <= limit, f"{unique_id}: name it (`name:` in its YAML) to fit {limit} characters"
+        assert len(get_tests_status_xcom_key(unique_id)) <= limit, unique_id
 
 
 @pytest.mark.parametrize("path", [p for p in DAG_FILES if p.stem != "serviceloop_transform"], ids=lambda p: p.name)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from serviceloop import warehouse
 from serviceloop.settings import AIRFLOW_DB, HELPDESK_CONN_ID, HELPDESK_DB, WAREHOUSE_CONN_ID, WAREHOUSE_DB, paths
+from serviceloop.transform import COSMOS_SETTINGS
 
 UI_HOST = "127.0.0.1"
 UI_PORT = int(os.environ.get("SERVICELOOP_UI_PORT", "8080"))
@@ -97,6 +98,7 @@ def environment() -> dict[str, str]:
             # on the machine (/tmp/cosmos); installations with other warehouses would keep
             # invalidating each other's and every dbt task would parse the project anew.
             "AIRFLOW__COSMOS__CACHE_DIR": env.get("AIRFLOW__COSMOS__CACHE_DIR", str(p.home / "cosmos")),
+            **{key: env.get(key, value) for key, value in COSMOS_SETTINGS.items()},
             f"AIRFLOW_CONN_{WAREHOUSE_CONN_ID.upper()}": _connection(WAREHOUSE_DB),
             f"AIRFLOW_CONN_{HELPDESK_CONN_ID.upper()}": _connection(HELPDESK_DB),
             "DO_NOT_TRACK": "1",
