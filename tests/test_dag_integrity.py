@@ -15,16 +15,20 @@ DAG_FILES = sorted((REPO_ROOT / "dags").glob("*.py"))
 EXPECTED = {"serviceloop_ingest", "serviceloop_transform", "serviceloop_drift", "serviceloop_report"}
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def dagbag(warehouse_url, state_dir):
     from serviceloop import airflow_env
 
     # The transform DAG is laid out from the dbt manifest, as after `serviceloop prepare`.
     airflow_env.dbt_parse(state_dir / "logs" / "dbt-parse.log")
+    saved = dict(os.environ)
     os.environ.update(airflow_env.environment())
     from airflow.dag_processing.dagbag import DagBag
 
-    return DagBag(dag_folder=str(REPO_ROOT / "dags"))
+    yield DagBag(dag_folder=str(REPO_ROOT / "dags"))
+    # Later modules start their own installations: none may inherit this one's metadata DB.
+    os.environ.clear()
+    os.environ.update(saved)
 
 
 def test_every_dag_file_imports_without_errors(dagbag):

@@ -410,8 +410,12 @@ def test_transform_and_drift_ran_through_their_assets_after_the_triggered_ingest
 
 def test_tasks_ran_on_both_celery_workers(runs):
     instances = runs["task_instances"]
-    hosts = {ti.hostname for ti in instances if ti.state and ti.state.value == "success"}
-    assert hosts == set(WORKERS), hosts
+    succeeded = [ti for ti in instances if ti.state and ti.state.value == "success"]
+    # The scheduler marks an EmptyOperator done without sending it to a worker (Cosmos' watcher
+    # task group has one, after its dbt build): it records no host. Every other task ran on one.
+    ran = [ti for ti in succeeded if ti.operator != "EmptyOperator"]
+    assert len(ran) > len(succeeded) // 2
+    assert {ti.hostname for ti in ran} == set(WORKERS), {(ti.task_id, ti.hostname) for ti in ran}
     assert {ti.dag_id for ti in instances} == set(DAG_IDS)
 
 

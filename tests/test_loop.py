@@ -29,8 +29,9 @@ SCENARIO = f"staffing_shortage(team=tech_support,start={SHORTAGE},days=10,severi
 
 
 def _serviceloop(home: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "SERVICELOOP_HOME": str(home)}
-    env.pop("AIRFLOW_HOME", None)
+    # This installation's Airflow settings are its own: nothing of another one's is inherited.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
+    env["SERVICELOOP_HOME"] = str(home)
     env.pop("SERVICELOOP_WAREHOUSE_URL", None)
     cmd = [str(Path(sys.executable).with_name("serviceloop")), *args]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1500)
