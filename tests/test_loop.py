@@ -161,6 +161,7 @@ def test_a_model_that_cannot_build_fails_its_own_task_and_alerts_the_data_engine
         )
         states = {task_id: (state, tries) for task_id, state, tries in cur.fetchall()}
     assert states, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.returncode == 1 and proc.stderr.rstrip().endswith("DagRun failed"), proc.stderr[-2000:]
     assert states["dbt.stg_survey_drop__surveys.run"] == ("failed", 2), states
     for downstream in ("dbt.fct_surveys.run", "dbt.fct_tickets.run", "dbt.kpi_daily.run", "publish_kpis"):
         assert states[downstream][0] == "upstream_failed", (downstream, states[downstream])

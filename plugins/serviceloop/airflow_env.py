@@ -127,6 +127,11 @@ def airflow_bin() -> str:
     return str(candidate) if candidate.exists() else (shutil.which("airflow") or "airflow")
 
 
+def airflow_command() -> list[str]:
+    """``airflow`` for a command that returns (``dags test``): ends without the interpreter's teardown."""
+    return [sys.executable, "-m", "serviceloop.airflow_cli"]
+
+
 def dbt_bin() -> str:
     candidate = Path(sys.executable).with_name("dbt")
     return str(candidate) if candidate.exists() else (shutil.which("dbt") or "dbt")
@@ -167,7 +172,7 @@ def dbt_parse(log_path: Path) -> Path:
 
 
 def dags_test(dag_id: str, logical_date: str, log_path: Path) -> None:
-    code = run_logged([airflow_bin(), "dags", "test", dag_id, logical_date], log_path)
+    code = run_logged([*airflow_command(), "dags", "test", dag_id, logical_date], log_path)
     if code != 0:
         raise RuntimeError(f"DAG {dag_id} failed for {logical_date}; its task logs are in {log_path}")
 

@@ -636,7 +636,8 @@ class Bench:
             conn.commit()
         dags = {}
         for dag_id in ("serviceloop_ingest", "serviceloop_transform", "serviceloop_drift"):
-            args = [airflow_env.airflow_bin(), "dags", "test", dag_id, day2.isoformat()]
+            # As `serviceloop run` runs them (`airflow_env.dags_test`).
+            args = [*airflow_env.airflow_command(), "dags", "test", dag_id, day2.isoformat()]
             dags[dag_id] = measured(args, env=airflow_env.environment(), log=self.log_path)
         airflow_seconds = sum(d["seconds"] for d in dags.values())
         m["airflow_day"] = {

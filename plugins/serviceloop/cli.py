@@ -323,12 +323,12 @@ def cmd_passthrough(tool: str, argv: list[str]) -> int:
 
     from serviceloop import airflow_env
 
-    binary = airflow_env.airflow_bin() if tool == "airflow" else airflow_env.dbt_bin()
+    command = airflow_env.airflow_command() if tool == "airflow" else [airflow_env.dbt_bin()]
     extra = []
     if tool == "dbt" and argv and argv[0] not in ("--help", "-h"):
         p = airflow_env.paths()
         extra = ["--project-dir", str(p.dbt_project), "--target-path", str(p.dbt_target)]
-    return subprocess.run([binary, *argv, *extra], env=airflow_env.environment()).returncode
+    return subprocess.run([*command, *argv, *extra], env=airflow_env.environment()).returncode
 
 
 def build_parser() -> argparse.ArgumentParser:
