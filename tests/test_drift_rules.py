@@ -227,3 +227,18 @@ def test_sla_breaches_are_counted_when_the_deadline_passes():
     (e,) = evaluate(frame, [as_of], config)
     assert e.is_finding and e.window == "fast" and abs(e.current_value - 0.5) < 0.05  # day 35's deadlines
     assert e.method == "fisher_exact"  # no breach at all in the reference: too few events for the z-test
+
+
+def test_a_cohort_reference_leaves_out_the_weekdays_a_holiday_took_from_the_current_window():
+    from serviceloop.drift import Cohort, Window
+
+    frame = _arrivals(36, 99)
+    as_of = dt.date(2026, 8, 3) + dt.timedelta(days=35)  # a Monday, a holiday
+    window = Window("fast", 2, 1, "cohort", 8.0)
+    cohort = Cohort(frame, frozenset({as_of}))
+    metric = METRICS_BY_NAME["resolution_time"]
+    sunday = as_of - dt.timedelta(days=1)
+    assert len(cohort.values(metric, window, sunday, as_of)) == 40  # the Sunday's tickets only
+    # A week back: the Sunday and the (working) Monday, unless the holiday's weekday is skipped.
+    assert len(cohort.values(metric, window, sunday, as_of, weeks_back=1)) == 80
+    assert len(cohort.values(metric, window, sunday, as_of, weeks_back=1, skip=[as_of])) == 40

@@ -613,19 +613,41 @@ class Cohort:
         }.get(metric.cohort)
         return needs is not None and all(a is not None for a in needs)
 
-    def values(self, metric: Metric, window: Window, start: dt.date, as_of: dt.date, weeks_back: int = 0):
-        """The window's values for the metric, ``weeks_back`` weeks earlier (cutoff included)."""
+    def values(
+        self,
+        metric: Metric,
+        window: Window,
+        start: dt.date,
+        as_of: dt.date,
+        weeks_back: int = 0,
+        skip: Iterable[dt.date] = (),
+    ):
+        """The window's values for the metric, ``weeks_back`` weeks earlier (cutoff included).
+
+        ``skip``: days of the current window whose tickets are left out, moved back with the
+        window. The days a holiday took out of the current window come out of the reference
+        too: a window of a Sunday and a holiday Monday holds Sunday tickets only, and is
+        compared with the Sundays before, not with Sundays and (busier, fully staffed) Mondays.
+        """
         shift = 168.0 * weeks_back
         lo, cutoff = _day_hours(start) - shift, _day_hours(as_of + dt.timedelta(days=1)) - shift
+        skipped = np.array(
+            [np.datetime64(d - dt.timedelta(weeks=weeks_back), "D").astype(np.int64) for d in skip], dtype=np.int64
+        )
+
+        def kept(hours: np.ndarray) -> np.ndarray:
+            out = self._workday(hours)
+            return out & ~np.isin(np.floor(hours / 24.0), skipped) if skipped.size else out
+
         if metric.cohort == "created":
             horizon = window.horizon_hours
             end = self.responded if metric.column == "first_response_hours" else self.resolved
             keep = (self.created >= lo) & (self.created <= cutoff - horizon)
-            keep &= self._workday(self.created)
+            keep &= kept(self.created)
             took = end[keep] - self.created[keep]
             return np.minimum(np.where(np.isnan(took), np.inf, np.maximum(took, 0.0)), horizon)
         if metric.cohort == "deadline":
-            keep = (self.due >= lo) & (self.due < cutoff) & self._workday(self.due)
+            keep = (self.due >= lo) & (self.due < cutoff) & kept(self.due)
             resolved = np.where(np.isnan(self.resolved[keep]), np.inf, self.resolved[keep])
             return (resolved > self.due[keep]).astype(float)
         days = self.survey_day.astype(np.int64)
@@ -633,6 +655,8 @@ class Cohort:
         keep = (days >= first) & (days <= last) & ~np.isnan(self.csat) & ~np.isnat(self.survey_day)
         if self.holiday_days.size:
             keep &= ~np.isin(days, self.holiday_days)
+        if skipped.size:
+            keep &= ~np.isin(days, skipped)
         return self.csat[keep]
 
 
@@ -652,7 +676,9 @@ def samples(frame: SegmentFrame, as_of: dt.date, metric: Metric, config: DriftCo
             # The same window k weeks earlier, where it lies within the reference period.
             fits = [k for k in weeks if cur_start - dt.timedelta(weeks=k) >= ref_start]
             fits = [k for k in fits if as_of - dt.timedelta(weeks=k) <= ref_end]
-            parts = [frame.cohort.values(metric, window, cur_start, as_of, k) for k in fits]
+            days = (cur_start + dt.timedelta(days=i) for i in range(window.days))
+            skip = [d for d in days if d in frame.holidays]
+            parts = [frame.cohort.values(metric, window, cur_start, as_of, k, skip) for k in fits]
             reference = np.concatenate(parts) if parts else np.array([])
         elif window.name == "week":
             continue  # the standard window already judges the resolved tickets of the week
