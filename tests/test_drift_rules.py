@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import math
 
 import numpy as np
 import pandas as pd
@@ -242,3 +243,20 @@ def test_a_cohort_reference_leaves_out_the_weekdays_a_holiday_took_from_the_curr
     # A week back: the Sunday and the (working) Monday, unless the holiday's weekday is skipped.
     assert len(cohort.values(metric, window, sunday, as_of, weeks_back=1)) == 80
     assert len(cohort.values(metric, window, sunday, as_of, weeks_back=1, skip=[as_of])) == 40
+
+
+def test_a_step_that_delays_every_ticket_is_found_on_the_lower_quartile():
+    # From the last two days every ticket waits 3 h more (an approval step): the median of a
+    # 2-hour desk grows by 150 %, short of this test's +200 % on the fast window, but the
+    # lower quartile, which a backlog barely moves, grows by more than its +150 %.
+    config = DriftConfig(metrics=("resolution_time",), effects={"resolution_time": (1.0, 2.0, math.inf, 1.5)})
+    as_of = dt.date(2026, 8, 3) + dt.timedelta(days=35)
+    frame = _arrivals(36, 99)
+    last = frame["created_at"].dt.date >= as_of - dt.timedelta(days=1)
+    frame.loc[last, "resolved_at"] += pd.Timedelta(hours=3)
+    frame.loc[last, "resolution_hours"] += 3.0
+    (e,) = evaluate(frame, [as_of], config)
+    assert e.is_finding and e.window == "fast_quartile" and e.effect >= 1.5
+    assert e.effect_unit == "relative change of the lower quartile"
+    (quiet,) = evaluate(_arrivals(36, 99), [as_of], config)
+    assert not quiet.is_finding and quiet.effect_unit == "relative change of the median"

@@ -28,6 +28,20 @@ cutoff, with no guess about the open tickets. Handoffs and reopens are only know
 ticket is done; they have no cohort and their fast window takes the resolved tickets of the
 last 2 days against the same weekdays of the reference (a weekend against weekends).
 
+Why the fast window's durations are judged twice, on the median and on the *lower quartile*
+(window ``fast_quartile``): a backlog (a Monday with more tickets than usual, the first hours
+of a shortage) delays the tickets that arrive after it has built up, while those that find a
+free agent (P1s jump the queue; tickets of the quiet hours) still close fast, so it moves the
+upper half of a created cohort and leaves its lower quartile nearly where it was. A change
+that delays *every* ticket (a new approval step, a slower tool) lifts the lower quartile as
+much as the median. Measured on the calibration seeds: on stable runs the lower quartile of
+the 2-day cohort rose at most +168 % (significant, at least 15 tickets), the median +181 %;
+on scenario runs of the same seeds (101-103) a 3-hour approval step lifted the lower quartile
+by +190-280 % on its first two days, its median by +110-190 %, short of the +200 % the median
+needs. The test is the same Mann-Whitney U (it compares whole distributions; the quantile
+decides the practical effect only), and a finding there quotes the lower quartile
+(``effect_unit``).
+
 Evidently computes the statistics (its registered stat tests; the HTML report per run and
 segment is an Evidently ``Report``; snapshots go to an Evidently workspace, see
 ``evidently_workspace``). The method follows the metric's type and the sample:
@@ -71,7 +85,8 @@ worse effect that was significant with the minimum sample, plus a margin (relati
 (standard / fast / week):
 
 - resolution time:     +75 % -> +100 % (the rule gives +85 %; kept at the earlier +100 %, which
-  alerts and reviews quote)  /  +181 % -> +200 %  /  +104 % (above the standard one: not judged)
+  alerts and reviews quote)  /  +181 % -> +200 %, lower quartile +168 % -> +185 %  /  +104 %
+  (above the standard one: not judged)
 - first response time: +148 % -> +165 %  /  +400 % -> +440 %  /  not judged
 - SLA breaches:        +6.7 pt -> 8 pt   /  +16.2 pt -> 18 pt  /  +5.6 pt -> 7 pt
 - CSAT:                -0.46 -> 0.55 pt  /  -0.77 -> 0.85 pt   /  -0.43 -> 0.50 pt
@@ -152,6 +167,8 @@ class Metric:
     cohort: str | None = None
     week_effect: float = math.inf  # on the 7-day cohort window (infinite: not judged there)
     threshold: float = 0.01
+    # On the lower quartile of the fast created cohort (durations; infinite: not judged there).
+    quartile_effect: float = math.inf
 
     @property
     def method(self) -> str:
@@ -177,7 +194,7 @@ METRICS: tuple[Metric, ...] = (
     Metric(
         "resolution_time", "Resolution time", "resolution_hours", "continuous", "lower",
         1.0, 2.0, "relative change of the median", "3. collaborative execution",
-        cohort="created",
+        cohort="created", quartile_effect=1.85,
     ),
     Metric(
         "first_response_time", "First response time", "first_response_hours", "continuous", "lower",
@@ -240,6 +257,14 @@ class Window:
     min_current: int
     basis: str = "resolved"  # "resolved": tickets resolved in the window; "cohort": see Metric.cohort
     horizon_hours: float = 0.0  # a created cohort's durations are followed up to this age
+    # The quantile a duration's effect is measured on: the median, or the lower quartile
+    # (``fast_quartile``). Rates and CSAT use their mean on every window.
+    quantile: float = 0.5
+
+    @property
+    def effect_unit(self) -> str | None:
+        """The unit of a duration's effect on this window, where it is not the median's."""
+        return "relative change of the lower quartile" if self.quantile == 0.25 else None
 
 
 # A created cohort is judged on the durations up to this age (hours): long enough to hold most
@@ -259,7 +284,8 @@ class DriftConfig:
     current_days: int = CURRENT_DAYS
     reference_days: int = REFERENCE_DAYS
     fast_days: int = FAST_DAYS
-    # metric: (standard, fast) or (standard, fast, week) minimum effects overriding the calibrated ones
+    # metric: (standard, fast), (standard, fast, week) or (standard, fast, week, fast lower
+    # quartile) minimum effects overriding the calibrated ones
     effects: dict[str, tuple[float, ...]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -279,14 +305,22 @@ class DriftConfig:
         out = [Window("standard", self.current_days, MIN_SAMPLE)]
         if self.fast_days:
             out.append(Window("fast", self.fast_days, MIN_SAMPLE // 2, "cohort", FAST_HORIZON_HOURS))
+            quartile = Window("fast_quartile", self.fast_days, MIN_SAMPLE // 2, "cohort", FAST_HORIZON_HOURS, 0.25)
+            out.append(quartile)
         out.append(Window("week", self.current_days, MIN_SAMPLE, "cohort", WEEK_HORIZON_HOURS))
         return tuple(out)
 
     def metric(self, name: str) -> Metric:
         m = METRICS_BY_NAME[name]
         if name in self.effects:
-            standard, fast, *week = self.effects[name]
-            m = replace(m, min_effect=standard, fast_effect=fast, week_effect=week[0] if week else m.week_effect)
+            standard, fast, *more = self.effects[name]
+            m = replace(
+                m,
+                min_effect=standard,
+                fast_effect=fast,
+                week_effect=more[0] if more else m.week_effect,
+                quartile_effect=more[1] if len(more) > 1 else m.quartile_effect,
+            )
         return m
 
 
@@ -398,10 +432,11 @@ def windows(
     return reference_start, reference_end, current_start, as_of
 
 
-def summary_value(metric: Metric, values) -> float:
+def summary_value(metric: Metric, values, quantile: float = 0.5) -> float:
+    """A duration's median (or the given quantile), a count's, rate's or score's mean."""
     values = np.asarray(values, dtype=float)
     if metric.kind == "continuous":
-        return float(np.median(values))
+        return float(np.quantile(values, quantile))
     return float(values.mean())
 
 
@@ -668,6 +703,8 @@ def samples(frame: SegmentFrame, as_of: dt.date, metric: Metric, config: DriftCo
     ref_mask = frame.mask(ref_start, ref_end)
     for window in config.windows:
         cur_start = as_of - dt.timedelta(days=window.days - 1)
+        if window.name == "fast_quartile" and (metric.kind != "continuous" or metric.cohort != "created"):
+            continue  # the lower quartile is judged on durations of a created cohort only
         if window.basis == "cohort" and frame.cohort is not None and frame.cohort.has(metric):
             if _window_effect(metric, window) == math.inf:
                 continue
@@ -680,7 +717,7 @@ def samples(frame: SegmentFrame, as_of: dt.date, metric: Metric, config: DriftCo
             skip = [d for d in days if d in frame.holidays]
             parts = [frame.cohort.values(metric, window, cur_start, as_of, k, skip) for k in fits]
             reference = np.concatenate(parts) if parts else np.array([])
-        elif window.name == "week":
+        elif window.name in ("week", "fast_quartile"):
             continue  # the standard window already judges the resolved tickets of the week
         else:
             reference = frame.values(metric, frame.same_weekdays(ref_mask, cur_start, as_of), as_of)
@@ -690,7 +727,8 @@ def samples(frame: SegmentFrame, as_of: dt.date, metric: Metric, config: DriftCo
 
 
 def _window_effect(metric: Metric, window: Window) -> float:
-    return {"standard": metric.min_effect, "fast": metric.fast_effect}.get(window.name, metric.week_effect)
+    effects = {"standard": metric.min_effect, "fast": metric.fast_effect, "fast_quartile": metric.quartile_effect}
+    return effects.get(window.name, metric.week_effect)
 
 
 def evaluate_segment(
@@ -734,7 +772,8 @@ def evaluate_segment(
 
 
 def _judge(metric, window, reference, current, as_of, cur_start, seg_type, segment) -> Evaluation:
-    ref_value, cur_value = summary_value(metric, reference), summary_value(metric, current)
+    ref_value = summary_value(metric, reference, window.quantile)
+    cur_value = summary_value(metric, current, window.quantile)
     effect = effect_size(metric, ref_value, cur_value)
     enough = len(reference) >= MIN_SAMPLE and len(current) >= window.min_current
     min_effect = _window_effect(metric, window)
@@ -756,7 +795,7 @@ def _judge(metric, window, reference, current, as_of, cur_start, seg_type, segme
         reference_value=ref_value,
         current_value=cur_value,
         effect=effect,
-        effect_unit=metric.effect_unit,
+        effect_unit=window.effect_unit if metric.kind == "continuous" and window.effect_unit else metric.effect_unit,
         direction="worse" if worse else "better",
         is_finding=drifted and enough and effect >= min_effect,
         improvement=drifted and enough and -effect >= _better_effect(metric, min_effect),
