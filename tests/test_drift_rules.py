@@ -260,3 +260,13 @@ def test_a_step_that_delays_every_ticket_is_found_on_the_lower_quartile():
     assert e.effect_unit == "relative change of the lower quartile"
     (quiet,) = evaluate(_arrivals(36, 99), [as_of], config)
     assert not quiet.is_finding and quiet.effect_unit == "relative change of the median"
+
+
+def test_a_finding_on_the_lower_quartile_is_described_as_one():
+    from serviceloop.alerts import describe_change
+    from serviceloop.drift import QUARTILE_UNIT
+
+    assert describe_change("resolution_time", 1.6, 4.6, 1.875) == "median 1.6 h -> 4.6 h (+188%)"
+    quartile = describe_change("resolution_time", 1.6, 4.6, 1.875, unit=QUARTILE_UNIT)
+    assert quartile == "lower quartile 1.6 h -> 4.6 h (+188%)"
+    assert describe_change("resolution_time", 1.6, 4.6, 1.875, "zh", QUARTILE_UNIT).startswith("下四分位数")

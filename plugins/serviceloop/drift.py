@@ -264,13 +264,14 @@ class Window:
     @property
     def effect_unit(self) -> str | None:
         """The unit of a duration's effect on this window, where it is not the median's."""
-        return "relative change of the lower quartile" if self.quantile == 0.25 else None
+        return QUARTILE_UNIT if self.quantile == 0.25 else None
 
 
 # A created cohort is judged on the durations up to this age (hours): long enough to hold most
 # of the distribution, short enough that a day's tickets have reached it by the day's end.
 FAST_HORIZON_HOURS = 8.0
 WEEK_HORIZON_HOURS = 24.0
+QUARTILE_UNIT = "relative change of the lower quartile"
 
 
 @dataclass(frozen=True)
