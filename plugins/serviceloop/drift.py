@@ -100,17 +100,19 @@ team-months, recall within 2 daily runs / at any delay / median delay in runs / 
 
 - staffing shortage   0.56 / 1.00 / 2 / 0.82   (CSAT and SLA breaches are the late ones)
 - technical fault     1.00 / 1.00 / 1 / 0.82
-- process change      0.33 / 1.00 / 3 / 0.60
+- process change      0.67 / 1.00 / 2 / 0.60
 - third-party delay   0.33 / 0.83 / 3 / 0.75   (one category of a small team)
 - CSAT drop           0.67 / 1.00 / 2 / 0.67
 - slow creep          0.00 / 0.25 / 39 / 0.33
-- all                 **0.52** / 0.87 / 2 / 0.68; false alerts **0.70 per 10 team-months**
+- all                 **0.55** / 0.87 / 2 / 0.68; false alerts **0.70 per 10 team-months**
   (3 episodes; target <= 1; the two of seed 1 came from the week cohort windows).
 
-The target of 0.95 within 2 runs is not met. Before the cohort windows the monitor reached
-0.23 / 0.84 / 3 runs with no false alert (and a CSAT target that counted surveys not yet
-submitted, see ``detection_eval``). The z-score baseline on the same tickets: 0.94 within 2
-runs, precision 0.12, 94 false alerts per 10 team-months.
+The target of 0.95 within 2 runs is not met. Before the lower quartile was judged the monitor
+reached 0.52 / 0.87 / 2 (the process change of seed 3 is the one it adds; on the scenario runs
+of calibration seeds 101-103, 0.56 -> 0.59, with no false alert on their stable runs); before
+the cohort windows, 0.23 / 0.84 / 3 runs with no false alert (and a CSAT target that counted
+surveys not yet submitted, see ``detection_eval``). The z-score baseline on the same tickets:
+0.94 within 2 runs, precision 0.12, 94 false alerts per 10 team-months.
 
 What limits it, measured on the calibration seeds: *stable variability*. The simulated desks
 plan a flat weekday roster against demand that is 1.5x higher on Mondays than on Fridays, so a
@@ -122,6 +124,24 @@ That is a stressed but plausible desk, not a numerical artefact (queues drain wi
 average occupancy is 70 %), so the simulator is unchanged. A slow creep reaches 15 % only
 after weeks and within noise; a third-party delay moves one category of a 20-ticket-a-day
 team. CSAT depends on surveys that come in 0-3 days after resolution.
+
+Measured and left out, on the calibration seeds (101-106 stable, 101-103 with scenarios):
+
+- A minimum effect that depends on the load (a lower one for the fast window when no day of
+  it, nor the day before, had more than 15 % more tickets than the same weekday of the
+  reference): the stable tail is not only load. With a steady load the fast median still rose
+  +114 %, so the steady minimum effect had to be +130 %, and a 40-ticket team's Poisson noise
+  alone makes most of its days unsteady (the process change's team on 10-50 % of the days
+  around the change): on the scenario runs a shift's fast median reached +130 % on a steady
+  day only from its third day on, too late to count.
+- A longer fast horizon (at 8 h a team whose median is above 2.7 h cannot show +200 %): the
+  stable tail grows with it (largest significant fast median +227 % at 12 h, +539 % at 16 h;
+  lower quartile +249 %, +348 %), and at 12 h with the minimum effects that follow (+250 %,
+  +275 %) recall within 2 runs on the scenario runs of seeds 101-103 fell from 0.59 to 0.53.
+- CSAT of the tickets *resolved* in the fast window (what the recall target measures) rather
+  than of the surveys submitted in it: 5-30 surveys per team and 2-3 days, too few.
+- Cohen's h (a variance-stabilised effect) for SLA breaches: a shortage's breaches rise no
+  faster on it than in points against the stable tail.
 
 Each finding estimates *since when* the metric moved (the day in the current window that best
 splits reference-plus-current into a before and an after, a one-change-point CUSUM estimate)
