@@ -270,3 +270,26 @@ def test_a_finding_on_the_lower_quartile_is_described_as_one():
     quartile = describe_change("resolution_time", 1.6, 4.6, 1.875, unit=QUARTILE_UNIT)
     assert quartile == "lower quartile 1.6 h -> 4.6 h (+188%)"
     assert describe_change("resolution_time", 1.6, 4.6, 1.875, "zh", QUARTILE_UNIT).startswith("下四分位数")
+
+
+def test_sla_breaches_of_the_tickets_resolved_in_the_last_days_are_judged_beside_the_deadlines():
+    from serviceloop.drift import SegmentFrame, samples
+
+    # This test's own minimum effects: only the resolved tickets of the fast window can find.
+    config = DriftConfig(metrics=("sla_breach",), effects={"sla_breach": (0.9, 0.9, math.inf, math.inf, 0.13)})
+    as_of = dt.date(2026, 8, 3) + dt.timedelta(days=35)
+    frame = _arrivals(36, 99)
+    # The tickets of two days before the window take 30 h: they are resolved in it, breached.
+    late = frame["created_at"].dt.date.isin([as_of - dt.timedelta(days=3), as_of - dt.timedelta(days=2)])
+    frame.loc[late, "resolved_at"] = frame.loc[late, "created_at"] + pd.Timedelta(hours=30)
+    frame.loc[late, "resolved_date"] = frame.loc[late, "resolved_at"].dt.normalize()
+    frame.loc[late, ["resolution_hours", "resolution_breached"]] = [30.0, 1.0]
+    (e,) = evaluate(frame, [as_of], config)
+    assert e.is_finding and e.window == "fast_resolved" and e.effect >= 0.3
+    (quiet,) = evaluate(_arrivals(36, 99), [as_of], config)
+    assert not quiet.is_finding
+    # Without the timestamps of a cohort the fast window already takes the resolved tickets.
+    resolved_only = frame.drop(columns=["created_at", "resolved_at", "resolution_due_at"])
+    metric = config.metric("sla_breach")
+    names = [w.name for w, *_ in samples(SegmentFrame(resolved_only), as_of, metric, config)]
+    assert names == ["standard", "fast"]

@@ -387,6 +387,7 @@ def evaluate(
                     "fast": _finite(config.metric(m).fast_effect),
                     "week": _finite(config.metric(m).week_effect),
                     "fast_quartile": _finite(config.metric(m).quartile_effect),
+                    "fast_resolved": _finite(config.metric(m).resolved_effect),
                 }
                 for m in config.metrics
             },
