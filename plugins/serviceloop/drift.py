@@ -2,7 +2,7 @@
 
 For each day D not yet evaluated (the *as-of* day) and each configured segment (the
 organisation, a team, a channel, a priority, or a combination such as team x priority), every
-configured metric is judged on three windows ending on D, against a reference of the weeks
+configured metric is judged on windows ending on D, against a reference of the weeks
 before (by default 28 days, whole weeks, so the weekday mix matches: demand is weekly-seasonal).
 Days listed as holidays are left out on both sides: a holiday is a Sunday-like day that would
 otherwise stand in for a weekday. Where a review was verified, its pinned baseline replaces the
@@ -327,8 +327,8 @@ class DriftConfig:
     current_days: int = CURRENT_DAYS
     reference_days: int = REFERENCE_DAYS
     fast_days: int = FAST_DAYS
-    # metric: (standard, fast), (standard, fast, week) or (standard, fast, week, fast lower
-    # quartile) minimum effects overriding the calibrated ones
+    # metric: minimum effects overriding the calibrated ones, (standard, fast) up to (standard,
+    # fast, week, fast lower quartile, fast resolved tickets); the ones left out keep theirs
     effects: dict[str, tuple[float, ...]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
