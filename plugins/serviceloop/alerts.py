@@ -33,7 +33,7 @@ from email.utils import format_datetime
 from pathlib import Path
 
 from serviceloop import glossary, notifiers
-from serviceloop.drift import METRICS_BY_NAME
+from serviceloop.drift import METRICS_BY_NAME, QUARTILE_UNIT
 
 log = logging.getLogger(__name__)
 
@@ -51,13 +51,20 @@ class AlertResult:
         return asdict(self)
 
 
-def describe_change(metric: str, reference: float, current: float, effect: float, lang: str = "en") -> str:
+def describe_change(
+    metric: str, reference: float, current: float, effect: float, lang: str = "en", unit: str | None = None
+) -> str:
+    """The change in words; ``unit`` is the finding's ``effect_unit`` (a duration's finding on
+    the fast window's lower quartile quotes the quartile, not the median)."""
     m = METRICS_BY_NAME[metric]
     zh = glossary.language(lang) == "zh"
     if m.kind == "continuous":
+        quartile = unit == QUARTILE_UNIT
         if zh:
-            return f"中位数 {reference:.1f} 小时 -> {current:.1f} 小时（{effect:+.0%}）"
-        return f"median {reference:.1f} h -> {current:.1f} h ({effect:+.0%})"
+            return (
+                f"{'下四分位数' if quartile else '中位数'} {reference:.1f} 小时 -> {current:.1f} 小时（{effect:+.0%}）"
+            )
+        return f"{'lower quartile' if quartile else 'median'} {reference:.1f} h -> {current:.1f} h ({effect:+.0%})"
     if m.kind == "binary":
         if zh:
             return f"{reference:.1%} -> {current:.1%}（恶化 {effect * 100:+.1f} 个百分点）"
@@ -156,7 +163,9 @@ def compose(review: dict, kind: str = "opened", chart_png: bytes | None = None) 
     intro_values = {"owner": review.get("owner_name") or team}
     if kind == "escalation":
         addressee = recipient = review.get("escalation_email") or recipient
-    change = describe_change(m.name, review["reference_value"], review["current_value"], review["effect"], lang)
+    change = describe_change(
+        m.name, review["reference_value"], review["current_value"], review["effect"], lang, review.get("effect_unit")
+    )
     causes = review.get("top_causes") or []
     causes_text = (
         ", ".join(f"{glossary.cause(c['cause'], lang)} ({c['tickets']})" for c in causes)

@@ -377,7 +377,8 @@ def evaluate(
         "config": {
             "metrics": list(config.metrics),
             "windows": {
-                w.name: {"days": w.days, "basis": w.basis, "horizon_hours": w.horizon_hours} for w in config.windows
+                w.name: {"days": w.days, "basis": w.basis, "horizon_hours": w.horizon_hours, "quantile": w.quantile}
+                for w in config.windows
             },
             "reference_days": config.reference_days,
             "min_effects": {
@@ -385,6 +386,8 @@ def evaluate(
                     "standard": _finite(config.metric(m).min_effect),
                     "fast": _finite(config.metric(m).fast_effect),
                     "week": _finite(config.metric(m).week_effect),
+                    "fast_quartile": _finite(config.metric(m).quartile_effect),
+                    "fast_resolved": _finite(config.metric(m).resolved_effect),
                 }
                 for m in config.metrics
             },
@@ -431,8 +434,9 @@ def calibrate(seeds: tuple[int, ...] = TUNING_SEEDS, config: drift.DriftConfig |
                         if len(reference) < drift.MIN_SAMPLE or len(current) < window.min_current:
                             continue
                         seen.add((name, window.name))
-                        ref_value = drift.summary_value(metric, reference)
-                        effect = drift.effect_size(metric, ref_value, drift.summary_value(metric, current))
+                        ref_value = drift.summary_value(metric, reference, window.quantile)
+                        cur_value = drift.summary_value(metric, current, window.quantile)
+                        effect = drift.effect_size(metric, ref_value, cur_value)
                         if effect <= largest[(name, window.name)]:
                             continue
                         tested += 1

@@ -217,7 +217,7 @@ def summary(end: dt.datetime) -> dict:
                 r.review_id, r.status, r.owner_name, r.report_path,
                 (select count(*) from monitoring.review_evidence as e where e.review_id = r.review_id),
                 r.implemented_on, r.verified_on, x.effect_vs_baseline, x.effect_vs_drift, x.effect_vs_drift_low,
-                x.effect_vs_drift_high
+                x.effect_vs_drift_high, r.effect_unit
             from monitoring.improvement_reviews as r
             left join monitoring.review_effects as x on x.review_id = r.review_id
             order by r.detected_on, r.segment, r.metric
@@ -260,9 +260,10 @@ def print_summary(end: dt.datetime | None = None, manager_actions: list[str] | N
     for col in ("review", "team", "metric", "reference -> current", "since", "detected", "evidence", "owner"):
         reviews.add_column(col, overflow="fold")
     reviews.add_column("status")
-    for seg, metric, ref_v, cur_v, effect, since, detected, rid, status, owner, _report, evidence, *_ in s["reviews"]:
+    for row in s["reviews"]:
+        seg, metric, ref_v, cur_v, effect, since, detected, rid, status, owner, _report, evidence, *_, unit = row
         reviews.add_row(
-            rid, seg, metric, describe_change(metric, ref_v, cur_v, effect), str(since), str(detected),
+            rid, seg, metric, describe_change(metric, ref_v, cur_v, effect, unit=unit), str(since), str(detected),
             f"{evidence} findings", owner or "", status,
         )  # fmt: skip
     console.print(reviews)
@@ -278,7 +279,7 @@ def print_summary(end: dt.datetime | None = None, manager_actions: list[str] | N
         for line in manager_actions:
             console.print(f"  {line}")
     for r in verified:
-        *_, implemented_on, verified_on, vs_base, vs_drift, low, high = r
+        *_, implemented_on, verified_on, vs_base, vs_drift, low, high, _unit = r
         console.print(
             f"  verified {r[7]} on {verified_on} (changed {implemented_on}): effect against the drift\n"
             f"    {vs_drift:+.2f} (95% CI {low:+.2f} to {high:+.2f}), against the old baseline {vs_base:+.2f}"

@@ -156,7 +156,7 @@ def gather(conn, owner: Owner, week: dt.date) -> dict:
             f"""
             select segment, metric, min(as_of), max(as_of), count(*),
                 (array_agg(reference_value order by as_of desc))[1], (array_agg(current_value order by as_of desc))[1],
-                (array_agg(effect order by as_of desc))[1]
+                (array_agg(effect order by as_of desc))[1], (array_agg(effect_unit order by as_of desc))[1]
             from monitoring.drift_findings
             where is_finding and segment_type = 'team' and as_of between %s and %s {team_filter}
             group by segment, metric order by min(as_of), segment, metric
@@ -164,7 +164,13 @@ def gather(conn, owner: Owner, week: dt.date) -> dict:
             (week, end, *team_args),
         )
         data["findings"] = [
-            dict(zip(("team", "metric", "first", "last", "days", "reference", "current", "effect"), r, strict=True))
+            dict(
+                zip(
+                    ("team", "metric", "first", "last", "days", "reference", "current", "effect", "unit"),
+                    r,
+                    strict=True,
+                )
+            )
             for r in cur.fetchall()
         ]
         # Open at the week's end (a past week's review may be verified since); shown with its status today.
@@ -361,7 +367,9 @@ def _days(finding: dict) -> str:
 def _change(finding: dict, lang: str) -> str:
     from serviceloop.alerts import describe_change
 
-    return describe_change(finding["metric"], finding["reference"], finding["current"], finding["effect"], lang)
+    return describe_change(
+        finding["metric"], finding["reference"], finding["current"], finding["effect"], lang, finding.get("unit")
+    )
 
 
 def _age(review: dict, data: dict) -> int:

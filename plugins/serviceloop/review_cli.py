@@ -101,7 +101,9 @@ def _print_review(r: dict) -> None:
     from serviceloop.alerts import describe_change
 
     console.print(f"[bold]{r['review_id']}[/bold]  {r['status']}  ({r['severity']})")
-    change = describe_change(r["metric"], r["reference_value"], r["current_value"], r["effect"])
+    change = describe_change(
+        r["metric"], r["reference_value"], r["current_value"], r["effect"], unit=r.get("effect_unit")
+    )
     causes = ", ".join(f"{c['cause']} ({c['tickets']})" for c in r.get("top_causes") or []) or "none recorded"
     for label, value in (
         ("team", r["segment"]),

@@ -165,7 +165,9 @@ def render_review(r: dict, today: dt.date, language: str) -> str:
 
     rid = r["review_id"]
     causes = r.get("top_causes") or []
-    change = describe_change(r["metric"], r["reference_value"], r["current_value"], r["effect"])
+    change = describe_change(
+        r["metric"], r["reference_value"], r["current_value"], r["effect"], unit=r.get("effect_unit")
+    )
     facts = [
         ("team", e(r["segment"])),
         ("metric", e(glossary.metric(r["metric"], "en"))),
@@ -190,7 +192,9 @@ def render_review(r: dict, today: dt.date, language: str) -> str:
     lang = glossary.language(language)
     if lang != "en":
         # The owner's alerts speak this language: the same words, from the glossary.
-        owner_change = describe_change(r["metric"], r["reference_value"], r["current_value"], r["effect"], lang)
+        owner_change = describe_change(
+            r["metric"], r["reference_value"], r["current_value"], r["effect"], lang, r.get("effect_unit")
+        )
         words = f"{glossary.metric(r['metric'], lang)}: {owner_change} · {glossary.status(r['status'], lang)}"
         facts.insert(3, ("in the owner's language", f'<span lang="{_HTML_LANG[lang]}">{e(words)}</span>'))
     facts_html = "<dl>" + "".join(f"<dt>{e(k)}</dt><dd>{v}</dd>" for k, v in facts if v) + "</dl>"
