@@ -53,7 +53,7 @@
 
             select ticket_id
             from {{ this }}
-            where status not in ('resolved', 'closed', 'cancelled') or churn_proxy is null
+            where {{ undecided_ticket() }}
 
         ),
 
@@ -71,7 +71,7 @@
             left join {{ this }} as built
                 on changed.ticket_id = built.ticket_id
             where
-                changed.ticket_id in (select loaded.ticket_id from loaded)
+                changed.ticket_id = any(array(select loaded.ticket_id from loaded))
                 and (
                     built.ticket_id is null
                     or built.customer_id is distinct from changed.customer_id
@@ -104,6 +104,17 @@
     {%- endif %}
     )
 {%- endmacro %}
+
+{#-
+    A fct_tickets row whose content can change with the moment the data is known through
+    alone: still open, or a complaint whose churn proxy is not decided yet. An incremental
+    run rebuilds them all; fct_tickets has a partial index on this condition, so finding
+    them reads only them.
+-#}
+{% macro undecided_ticket() -%}
+    status not in ('resolved', 'closed', 'cancelled') or churn_proxy is null
+{%- endmacro %}
+
 
 {#-
     The ticket just before (direction '<') or just after ('>') each moved ticket in its
@@ -159,6 +170,22 @@
     {%- else -%}
         select ticket_id from {{ full_build }}
     {%- endif %}
+{%- endmacro %}
+
+
+{#-
+    The filter of a ticket-grain model's inputs to the tickets it rebuilds (its `changed`
+    CTE). On an incremental run `= any(array(...))`: the planner counts a handful of
+    tickets and reads each input by its ticket_id index, where `in (select ...)` over a
+    CTE of unknown size is planned as a scan of the whole input. On a full build, where
+    every ticket is rebuilt, a semi-join.
+-#}
+{% macro in_rebuilt_tickets(incremental, column='ticket_id') -%}
+    {%- if incremental -%}
+        {{ column }} = any(array(select changed.ticket_id from changed))
+    {%- else -%}
+        {{ column }} in (select changed.ticket_id from changed)
+    {%- endif -%}
 {%- endmacro %}
 
 

@@ -14,3 +14,13 @@
         and accumulated.hours_before + accumulated.piece_hours >= {{ target }}
     )
 {%- endmacro %}
+
+
+{#-
+    A staged ticket whose SLA clocks still run (not yet responded to or not yet resolved):
+    int_ticket_sla_clock rebuilds them on every incremental run, found by the ticket
+    staging tables' partial index on this condition.
+-#}
+{% macro sla_clock_running() -%}
+    first_response_at is null or resolved_at is null
+{%- endmacro %}

@@ -106,28 +106,34 @@ data_end as (
 
 ),
 
+-- Each changed ticket's kpi_days_touched parsed once (offset 0 keeps the planner from
+-- parsing it again for each family), the distinct day ranges of the families, their days.
 changed_days as (
 
-    select
+    select distinct
         touched.family,
         cast(range_days.range_day as date) as touched_day
-    from {{ ref('fct_tickets') }} as changed
-    cross join lateral (
-        select
+    from (
+        select distinct
             families.family,
             family_ranges.day_range
-        from unnest(array['{{ families | join("', '") }}']) as families (family)
+        from {{ ref('fct_tickets') }} as changed
+        cross join lateral (
+            select cast(changed.kpi_days_touched as jsonb) as days_touched
+            offset 0
+        ) as parsed
+        cross join unnest(array['{{ families | join("', '") }}']) as families (family)
         cross join lateral jsonb_array_elements(
             coalesce(
-                cast(changed.kpi_days_touched as jsonb) -> families.family,
+                parsed.days_touched -> families.family,
                 jsonb_build_array(jsonb_build_array(changed.kpi_days_from, changed.kpi_days_to))
             )
         ) as family_ranges (day_range)
+        where changed.content_changed_through > {{ built_through }}
     ) as touched
     cross join lateral generate_series(
         cast(touched.day_range ->> 0 as timestamp), cast(touched.day_range ->> 1 as timestamp), interval '1 day'
     ) as range_days (range_day)
-    where changed.content_changed_through > {{ built_through }}
 
 ),
 

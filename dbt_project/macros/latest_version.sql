@@ -56,17 +56,21 @@
     The end of an incremental staging model: a record whose latest version has the same
     content as the row the table holds (read again by an overlapping extraction or a rerun
     of an interval) is left out, so the row keeps its load time and nothing downstream
-    rebuilds for it. Compared as the whole row but the bookkeeping columns.
+    rebuilds for it. Compared column by column (the table's columns but the bookkeeping
+    ones), as one row comparison: turning both rows into jsonb to compare them costs
+    several times as much per record.
 -#}
 {% macro only_changed_content(relation, key) -%}
     {%- if incremental_ready('loaded_at') is sameas true %}
+        {%- set columns = adapter.get_columns_in_relation(this) | map(attribute='name') | map('lower')
+            | reject('in', ['batch_id', 'loaded_at']) | list -%}
     where not exists (
         select 1
         from {{ this }} as staged
         where
             staged.{{ key }} = {{ relation }}.{{ key }}
-            and to_jsonb(staged) - 'batch_id' - 'loaded_at'
-            = to_jsonb({{ relation }}) - 'batch_id' - 'loaded_at'
+            and (staged.{{ columns | join(', staged.') }})
+            is not distinct from ({{ relation }}.{{ columns | join(', ' ~ relation ~ '.') }})
     )
     {%- endif %}
 {%- endmacro %}

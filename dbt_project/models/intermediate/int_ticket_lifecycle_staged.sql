@@ -3,8 +3,8 @@
         materialized='incremental',
         unique_key='ticket_id',
         incremental_strategy='delete+insert',
-        indexes=[{'columns': ['ticket_id']}],
-        post_hook=['analyze {{ this }}'],
+        indexes=[{'columns': ['ticket_id']}, {'columns': ['source_loaded_at']}],
+        post_hook=['{{ analyze_when_new(this) }}'],
     )
 }}
 
@@ -22,7 +22,7 @@ changed as (
 events as (
 
     select * from {{ ref('int_ticket_events_unioned') }}
-    where ticket_id in (select changed.ticket_id from changed)
+    where {{ in_rebuilt_tickets(incremental) }}
 
 ),
 

@@ -3,8 +3,8 @@
         materialized='incremental',
         unique_key='ticket_id',
         incremental_strategy='delete+insert',
-        indexes=[{'columns': ['ticket_id']}],
-        post_hook=['analyze {{ this }}'],
+        indexes=[{'columns': ['ticket_id']}, {'columns': ['source_loaded_at']}],
+        post_hook=['{{ analyze_when_new(this) }}'],
     )
 }}
 
@@ -28,7 +28,7 @@ changed as (
         union
         select open_tickets.ticket_id
         from {{ ref('int_tickets_unioned') }} as open_tickets
-        where open_tickets.first_response_at is null or open_tickets.resolved_at is null
+        where {{ sla_clock_running() }}
     {%- endif %}
 
 ),
@@ -36,14 +36,14 @@ changed as (
 tickets as (
 
     select * from {{ ref('int_tickets_unioned') }}
-    where ticket_id in (select changed.ticket_id from changed)
+    where {{ in_rebuilt_tickets(incremental) }}
 
 ),
 
 status_intervals as (
 
     select * from {{ ref('int_ticket_status_intervals') }}
-    where ticket_id in (select changed.ticket_id from changed)
+    where {{ in_rebuilt_tickets(incremental) }}
 
 ),
 

@@ -3,6 +3,7 @@
         materialized='incremental',
         unique_key='ticket_id',
         incremental_strategy='delete+insert',
+        indexes=[{'columns': ['ticket_id']}, {'columns': ['source_loaded_at']}],
     )
 }}
 
@@ -21,7 +22,7 @@ events as (
     select * from {{ ref('int_ticket_events_unioned') }}
     where
         event_type in ('handoff', 'reassigned')
-        and ticket_id in (select changed.ticket_id from changed)
+        and {{ in_rebuilt_tickets(incremental) }}
 
 ),
 
@@ -31,7 +32,7 @@ event_loads as (
         ticket_id,
         max(loaded_at) as source_loaded_at
     from {{ ref('int_ticket_events_unioned') }}
-    where ticket_id in (select changed.ticket_id from changed)
+    where {{ in_rebuilt_tickets(incremental) }}
     group by ticket_id
 
 ),

@@ -3,6 +3,7 @@
         materialized='incremental',
         unique_key='ticket_id',
         incremental_strategy='delete+insert',
+        indexes=[{'columns': ['ticket_id']}, {'columns': ['source_loaded_at']}],
     )
 }}
 
@@ -19,7 +20,7 @@ changed as (
 surveys as (
 
     select * from {{ ref('stg_survey_drop__surveys') }}
-    where ticket_id in (select changed.ticket_id from changed)
+    where {{ in_rebuilt_tickets(incremental) }}
 
 ),
 

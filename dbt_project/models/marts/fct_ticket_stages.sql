@@ -3,6 +3,7 @@
         materialized='incremental',
         unique_key='ticket_id',
         incremental_strategy='delete+insert',
+        indexes=[{'columns': ['ticket_id']}, {'columns': ['source_loaded_at']}],
     )
 }}
 
@@ -19,7 +20,7 @@ changed as (
 lifecycle as (
 
     select * from {{ ref('int_ticket_lifecycle_staged') }}
-    where ticket_id in (select changed.ticket_id from changed)
+    where {{ in_rebuilt_tickets(incremental) }}
 
 ),
 
@@ -29,7 +30,7 @@ event_loads as (
         ticket_id,
         max(loaded_at) as source_loaded_at
     from {{ ref('int_ticket_events_unioned') }}
-    where ticket_id in (select changed.ticket_id from changed)
+    where {{ in_rebuilt_tickets(incremental) }}
     group by ticket_id
 
 ),

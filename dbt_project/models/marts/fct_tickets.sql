@@ -5,19 +5,19 @@
         incremental_strategy='delete+insert',
         on_schema_change='append_new_columns',
         indexes=[
-            {'columns': ['ticket_id']}, {'columns': ['content_changed_through']},
+            {'columns': ['ticket_id']}, {'columns': ['source_loaded_at']}, {'columns': ['content_changed_through']},
             {'columns': ['customer_id', 'created_at', 'ticket_id']},
             {'columns': ['created_date']}, {'columns': ['first_response_date']},
             {'columns': ['resolved_date']}, {'columns': ['closed_date']}, {'columns': ['complaint', 'resolved_date']},
         ],
-        post_hook=['analyze {{ this }}'],
+        post_hook=['{{ partial_index(this, "ticket_id", undecided_ticket()) }}', '{{ analyze_when_new(this) }}'],
     )
 }}
 
 {%- set incremental = incremental_ready('survey_digest') is sameas true %}
 {#- On an incremental run every input is read for the rebuilt tickets only (by their
-    ticket_id indexes). -#}
-{%- set rebuilt_only = 'where ticket_id in (select changed.ticket_id from changed)' if incremental else '' %}
+    ticket_id indexes: macros/changed_tickets.sql's in_rebuilt_tickets). -#}
+{%- set rebuilt_only = 'where ' ~ in_rebuilt_tickets(incremental) if incremental else '' %}
 
 with
 
@@ -30,7 +30,7 @@ changed as (
 tickets as (
 
     select * from {{ ref('int_tickets_unioned') }}
-    where ticket_id in (select changed.ticket_id from changed)
+    where {{ in_rebuilt_tickets(incremental) }}
 
 ),
 
@@ -350,7 +350,7 @@ hashed as (
 previous as (
 
     {% if incremental -%}
-        select * from {{ this }}
+        select * from {{ this }} {{ rebuilt_only }}
     {%- else -%}
         select
             hashed.*,

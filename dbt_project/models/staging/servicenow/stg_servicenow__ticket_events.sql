@@ -4,7 +4,7 @@
         unique_key='event_id',
         incremental_strategy='delete+insert',
         indexes=[{'columns': ['event_id']}, {'columns': ['loaded_at']}, {'columns': ['ticket_id']}],
-        post_hook=['analyze {{ this }}'],
+        post_hook=['{{ analyze_when_new(this) }}'],
     )
 }}
 

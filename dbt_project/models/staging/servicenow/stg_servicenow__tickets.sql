@@ -7,7 +7,7 @@
             {'columns': ['ticket_id']}, {'columns': ['loaded_at']},
             {'columns': ['customer_id', 'created_at', 'ticket_id']},
         ],
-        post_hook=['analyze {{ this }}'],
+        post_hook=['{{ partial_index(this, "ticket_id", sla_clock_running()) }}', '{{ analyze_when_new(this) }}'],
     )
 }}
 

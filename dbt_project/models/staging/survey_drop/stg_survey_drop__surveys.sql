@@ -4,7 +4,7 @@
         unique_key='survey_id',
         incremental_strategy='delete+insert',
         indexes=[{'columns': ['survey_id']}, {'columns': ['loaded_at']}, {'columns': ['ticket_id']}],
-        post_hook=['analyze {{ this }}'],
+        post_hook=['{{ analyze_when_new(this) }}'],
     )
 }}
 
