@@ -98,6 +98,9 @@ def test_drift_and_the_daily_interval_measure_the_whole_work(results):
     assert set(day["dags"]) == {"serviceloop_ingest", "serviceloop_transform", "serviceloop_drift"}
     assert all(_positive(v) for v in [*day["dags"].values(), *day["bare"].values()])
     assert math.isclose(day["anchor_seconds"], sum(day["bare"].values()))
+    # Each side a new day of the same size: Airflow's interval is the one after the bare one.
+    assert day["intervals"]["airflow"][0] == day["intervals"]["bare"][1]
+    assert 0.5 < day["airflow_rows"] / day["rows"] < 2, (day["rows"], day["airflow_rows"])
 
 
 def test_the_service_quality_page_is_timed_on_each_of_its_views(results):
