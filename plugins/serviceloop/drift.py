@@ -958,13 +958,26 @@ def _load_tickets(conn, start: dt.date, end: dt.date) -> pd.DataFrame:
         ]
         if "last_survey_date" in present:
             conditions.append("last_survey_date between %(start)s and %(end)s")
-        cur.execute(
-            f"select {columns} from marts.fct_tickets where " + " or ".join(f"({c})" for c in conditions),
-            {"start": start, "end": end, "stop": end + dt.timedelta(days=1)},
-        )
-        rows = cur.fetchall()
-        names = [d[0] for d in cur.description]
-    frame = pd.DataFrame(rows, columns=names)
+    sql = f"select {columns} from marts.fct_tickets where " + " or ".join(f"({c})" for c in conditions)
+    params = {"start": start, "end": end, "stop": end + dt.timedelta(days=1)}
+    # Read in chunks through a server-side cursor, each typed as it arrives: a million tickets
+    # as Python tuples would hold several times the memory of the typed frame.
+    names = list(wanted) + stamps
+    parts = []
+    with conn.cursor(name="drift_tickets", withhold=conn.autocommit) as cur:
+        cur.itersize = _CHUNK_ROWS
+        cur.execute(sql, params)
+        while rows := cur.fetchmany(_CHUNK_ROWS):
+            parts.append(_typed(pd.DataFrame(rows, columns=names), stamps))
+    if not parts:
+        return _typed(pd.DataFrame(columns=names), stamps)
+    return pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
+
+
+_CHUNK_ROWS = 50_000
+
+
+def _typed(frame: pd.DataFrame, stamps: list[str]) -> pd.DataFrame:
     for col in ("resolved_date", "csat_date", *stamps):
         if col in frame:
             frame[col] = pd.to_datetime(frame[col])
