@@ -6,8 +6,9 @@ interpreter's teardown (a final garbage collection over that heap, then every mo
 seconds more: about 10 s per DAG measured on a loaded 2-core machine, against 0.1 s here.
 Airflow's task processes skip it by ending with ``os._exit`` once their work is recorded;
 this entry point does the same after the command has returned, its logs flushed. The exit
-code is the command's (``DagRun failed`` exits 1, as with ``airflow``); an exception that escapes the command ends the ordinary way, with
-its traceback. Long-running components (scheduler, API server) are started as ``airflow``.
+code is the command's (``DagRun failed`` exits 1, as with ``airflow``); an exception that
+escapes the command ends the ordinary way, with its traceback. Long-running components
+(scheduler, API server) are started as ``airflow``.
 """
 
 from __future__ import annotations
@@ -17,11 +18,9 @@ import os
 import sys
 
 
-def main(argv: list[str] | None = None) -> None:
+def main() -> None:
     from airflow.__main__ import main as airflow_main
 
-    if argv is not None:
-        sys.argv = ["airflow", *argv]
     code = 0
     try:
         airflow_main()
