@@ -41,3 +41,22 @@ def test_airflow_through_serviceloop_answers_as_airflow_does(argv, tmp_path):
     assert (ours.returncode, ours.stdout) == (plain.returncode, plain.stdout)
     assert ours.stderr.splitlines()[-1:] == plain.stderr.splitlines()[-1:]
     assert plain.stdout or plain.stderr
+
+
+def test_bench_readme_quotes_the_results_file(capsys):
+    """bench/README.md's table of three sizes is `serviceloop bench --table` of bench/results.json, and
+    names the commit every size was measured on: a new run cannot leave the README quoting an old one."""
+    import json
+
+    from serviceloop.settings import REPO_ROOT
+
+    assert main(["bench", "--table"]) == 0
+    table = capsys.readouterr().out
+    readme = (REPO_ROOT / "bench" / "README.md").read_text()
+    assert table in readme, "regenerate the table with `serviceloop bench --table`"
+    results = json.loads((REPO_ROOT / "bench" / "results.json").read_text())
+    commits = {m["commit"]["hash"] for m in results["sizes"].values()}
+    assert len(commits) == 1, "the sizes were measured on different commits"
+    assert all(m["complete"] and not m["commit"]["uncommitted_changes"] for m in results["sizes"].values())
+    section = readme[readme.index("## One commit, three sizes") :]
+    assert f"commit {commits.pop()[:7]}" in section.split("|")[0]

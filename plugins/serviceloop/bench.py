@@ -806,6 +806,80 @@ def _num(value) -> str:
     return f"{value:,.0f}" if value >= 100 else f"{value:.2f}"
 
 
+def _sec(value: float) -> str:
+    return f"{value:,.0f}" if value >= 100 else f"{value:.1f}"
+
+
+def _versus(value: str, anchor: str, ratio: float) -> str:
+    return f"{value} vs {anchor}: **{ratio:.2f}x**"
+
+
+def markdown_table(results: dict) -> str:
+    """The sizes side by side as a Markdown table, as ``bench/README.md`` quotes it.
+
+    ``serviceloop bench --table`` prints it from ``results.json`` without measuring anything;
+    a test holds the README to the results file.
+    """
+    sizes = sorted(results["sizes"], key=int)
+    largest = int(sizes[-1])
+    ms = [results["sizes"][s] for s in sizes]
+
+    def rate(m: dict) -> str:
+        return _versus(f"{m['rows_per_s']:,.0f}", f"{m['anchor_rows_per_s']:,.0f}", m["ratio"])
+
+    def timed(m: dict) -> str:
+        return _versus(_sec(m["seconds"]), _sec(m["anchor_seconds"]), m["ratio"])
+
+    def dags(m: dict) -> str:
+        own = " / ".join(f"{m['dags'][f'serviceloop_{d}']:.0f}" for d in ("ingest", "transform", "drift"))
+        bare = " / ".join(f"{m['bare'][d]:.0f}" for d in ("ingest", "dbt", "drift"))
+        return f"{own} vs {bare}"
+
+    def target(stage: str) -> str:
+        op, value = TARGETS[stage]
+        return f"{op} {value:g}x"
+
+    table = [
+        ("load into raw, rows/s vs psql COPY", "load", rate, target("load")),
+        ("load + validation, rows/s vs psql COPY", "load_with_validation", rate, ""),
+        ("pandas to_sql, rows/s vs COPY (reference)", "to_sql", rate, ""),
+        ("validation, GX vs one SQL pass (s)", "validation", timed, target("validation")),
+        ("dbt full build, models (s)", "dbt_full", lambda m: _sec(m["seconds"]), ""),
+        ("dbt models after 1 % change vs full (s)", "dbt_incremental", timed, target("dbt_incremental")),
+        ("dbt tests after 1 % change vs after full (s)", "dbt_tests", timed, ""),
+        ("ingest of the next interval (s)", "ingest_increment", lambda m: _sec(m["seconds"]), ""),
+        ("drift, all teams x days vs one Evidently report (s)", "drift", timed, target("drift")),
+        ("one day through Airflow vs bare stages (s)", "airflow_day", timed, target("airflow_day")),
+        ("of which ingest / transform / drift DAG vs bare (s)", "airflow_day", dags, ""),
+        (
+            "rows ingested: bare interval / Airflow's",
+            "airflow_day",
+            lambda m: f"{m['rows']:,} / {m['airflow_rows']:,}",
+            "",
+        ),
+        (
+            "peak RSS of any stage (MB)",
+            "peak_rss",
+            lambda m: f"{m['peak_rss_mb']:,.0f} ({m['stage']})",
+            f"<= {PEAK_RSS_TARGET_MB:,} at {largest:,}",
+        ),
+        (
+            "Service quality page, slowest view (ms)",
+            "dashboard",
+            lambda m: f"{m['ms']:.1f}",
+            f"< {DASHBOARD_TARGET_MS:,}",
+        ),
+    ]
+    lines = [
+        "| | " + " | ".join(f"{int(s):,}" for s in sizes) + " | target |",
+        "|---" * (len(sizes) + 2) + "|",
+    ]
+    for label, stage, cell, goal in table:
+        cells = [cell(m[stage]) if stage in m else "" for m in ms]
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {goal} |")
+    return "\n".join(lines) + "\n"
+
+
 def write_results(path: Path, measured_sizes: dict, repo: Path) -> dict:
     """Merge this run's sizes into the results file (other sizes are kept as they were)."""
     results = {"sizes": {}}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import logging
 import os
 import sys
@@ -158,6 +159,12 @@ def cmd_bench(args) -> int:
     from serviceloop.settings import REPO_ROOT
 
     output = Path(args.output) if args.output else REPO_ROOT / "bench" / "results.json"
+    if args.table:
+        if not output.exists():
+            print(f"no results at {output}: run `serviceloop bench` first", file=sys.stderr)
+            return 1
+        print(bench.markdown_table(json.loads(output.read_text())), end="")
+        return 0
     results = bench.run(args.sizes, output, home=Path(args.home) if args.home else None, history_days=args.history_days)
     bench.print_table(results)
     print(f"results: {output}")
@@ -373,6 +380,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--home", help="the bench's state folder (default: <SERVICELOOP_HOME>/bench)")
     p.add_argument(
         "--history-days", type=int, default=56, help="days of history per size (at least 42: drift needs 35)"
+    )
+    p.add_argument(
+        "--table", action="store_true", help="measure nothing: print the results file's sizes as a Markdown table"
     )
     p.set_defaults(func=cmd_bench)
 
