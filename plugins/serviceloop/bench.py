@@ -725,12 +725,17 @@ def machine() -> dict:
     }
 
 
-def commit(repo: Path) -> dict:
+def commit(repo: Path, output: Path | None = None) -> dict:
+    """The commit measured, and whether the tree differed from it (the results file aside: the run writes it)."""
+
     def git(*args: str) -> str:
         proc = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True)
         return proc.stdout.strip() if proc.returncode == 0 else ""
 
-    return {"hash": git("rev-parse", "HEAD") or None, "uncommitted_changes": bool(git("status", "--porcelain"))}
+    status = ["status", "--porcelain"]
+    if output is not None and output.resolve().is_relative_to(repo.resolve()):
+        status += ["--", ".", f":(exclude){output.resolve().relative_to(repo.resolve())}"]
+    return {"hash": git("rev-parse", "HEAD") or None, "uncommitted_changes": bool(git(*status))}
 
 
 def verdict(stage: str, ratio: float | None) -> bool | None:
@@ -910,7 +915,7 @@ def run(sizes: list[int], output: Path, home: Path | None = None, history_days: 
 
             def save(m: dict, complete: bool = False, size: int = size, started: float = started) -> dict:
                 m["complete"] = complete
-                m["commit"] = commit(REPO_ROOT)
+                m["commit"] = commit(REPO_ROOT, output)
                 m["measured_at"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
                 m["total_seconds"] = time.perf_counter() - started
                 return write_results(output, {size: m}, REPO_ROOT)
