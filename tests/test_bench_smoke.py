@@ -101,6 +101,13 @@ def test_drift_and_the_daily_interval_measure_the_whole_work(results):
     # Each side a new day of the same size: Airflow's interval is the one after the bare one.
     assert day["intervals"]["airflow"][0] == day["intervals"]["bare"][1]
     assert 0.5 < day["airflow_rows"] / day["rows"] < 2, (day["rows"], day["airflow_rows"])
+    # Where each command's time went, read off Airflow's log: its parts fit in its wall time.
+    for dag_id, t in day["timelines"].items():
+        assert t["tasks"] >= 4 and t["to_first_log_seconds"] > 0 and t["to_first_task_seconds"] > 0, t
+        assert t["to_first_log_seconds"] + t["to_first_task_seconds"] < day["dags"][dag_id], t
+        assert t["task_total_seconds"] < day["dags"][dag_id], t
+        assert 0 < t["task_median_seconds"] < t["task_total_seconds"], t
+    assert day["timelines"]["serviceloop_transform"]["tasks"] > 50, "a task per dbt node"
 
 
 def test_the_service_quality_page_is_timed_on_each_of_its_views(results):
