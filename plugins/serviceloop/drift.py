@@ -187,6 +187,7 @@ CURRENT_DAYS = 7
 REFERENCE_DAYS = 28
 FAST_DAYS = 2
 MIN_SAMPLE = 30
+CHUNK_ROWS = 50_000  # tickets read from the warehouse at a time (server-side cursor)
 
 
 @dataclass(frozen=True)
@@ -965,16 +966,12 @@ def _load_tickets(conn, start: dt.date, end: dt.date) -> pd.DataFrame:
     names = list(wanted) + stamps
     parts = []
     with conn.cursor(name="drift_tickets", withhold=conn.autocommit) as cur:
-        cur.itersize = _CHUNK_ROWS
         cur.execute(sql, params)
-        while rows := cur.fetchmany(_CHUNK_ROWS):
+        while rows := cur.fetchmany(CHUNK_ROWS):
             parts.append(_typed(pd.DataFrame(rows, columns=names), stamps))
     if not parts:
         return _typed(pd.DataFrame(columns=names), stamps)
     return pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
-
-
-_CHUNK_ROWS = 50_000
 
 
 def _typed(frame: pd.DataFrame, stamps: list[str]) -> pd.DataFrame:
