@@ -73,6 +73,10 @@ def test_the_simulated_organisation_has_the_size_asked_for(results):
     assert 4 <= read["ticket_events"] / read["tickets"] <= 9
     assert 0.15 <= read["surveys"] / read["tickets"] <= 0.45
     assert m["load"]["rows"] == read["tickets"] + read["ticket_events"]
+    # Where the load's time went: each phase took some, and together they fit in it.
+    phases = m["load"]["phases"]
+    assert set(phases) == {"extract", "data_docs", "load"} and all(_positive(v) for v in phases.values()), phases
+    assert sum(phases.values()) <= m["load"]["seconds"], (phases, m["load"]["seconds"])
     # 1 % of the helpdesk's tickets (the history and the next day's) are touched in the next
     # interval, which reads them all again.
     changed = m["ingest_increment"]["tickets_changed"]
