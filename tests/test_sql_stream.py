@@ -134,6 +134,9 @@ AWKWARD = [
     # Numbers as text fields.
     {"amount": 12.5, "big": 9_007_199_254_740_993},
     {"amount": -0.05, "big": -1},
+    # Ends that look printable byte by byte, or are not spaces to SQL: one character, a last
+    # character of two bytes, a unit separator (Python strips it), DEL (it does not).
+    {"user_id": "x", "topic": "café", "dept": "billing\x1f", "staff": "\x7fs3"},
 ]
 
 
@@ -243,6 +246,8 @@ def test_the_stream_lands_what_the_dataframe_reader_lands(source, warehouse, tmp
     assert got["T-014"]["resolved_at"] == "2026-06-02T00:00:00+00:00"
     assert got["T-016"]["resolved_at"] == "1600-01-01"
     assert got["T-018"]["subcategory"] == "12.50" and got["T-018"]["urgency"] == "9007199254740993"
+    t20 = got["T-020"]
+    assert (t20["customer_id"], t20["category"], t20["team_id"], t20["agent_id"]) == ("x", "café", "billing", "\x7fs3")
     expected_escalated = {
         "esc_int": {"T-000": None, "T-003": "true", "T-004": "2", "T-005": "false"},
         "esc_bool": {"T-000": None, "T-003": "true", "T-005": "false"},

@@ -199,12 +199,24 @@ def _stripped(x: str, *, blank_is_null: bool = False) -> str:
 
     Trimming with all of Unicode's spaces costs a comparison per space and end; a value that
     starts and ends in printable ASCII (nearly all) has nothing to trim and is not blank, which
-    its first and last code points tell. This runs on every text value of every row extracted.
+    its first character and its last byte tell. This runs on every text value of every row
+    extracted, so each is read once: ``between`` would evaluate its operand twice, and the last
+    character taken with ``right`` costs twice the last byte (a PostgreSQL server encoding is
+    ASCII-safe: a byte below 128 is an ASCII character, never part of another). The first test
+    keeps an empty value away from the second, whose byte offset would be -1.
     """
     trimmed = f"btrim({x}, {_literal(WHITESPACE)})"
     if blank_is_null:
         trimmed = f"nullif({trimmed}, '')"
-    return f"case when ascii({x}) between 33 and 126 and ascii(right({x}, 1)) between 33 and 126 then {x} else {trimmed} end"
+    return (
+        f"case when not {_printable(f'ascii({x})')} then {trimmed}"
+        f" when {_printable(f'get_byte(textsend({x}), octet_length({x}) - 1)')} then {x} else {trimmed} end"
+    )
+
+
+def _printable(code: str) -> str:
+    """Whether a character code is printable ASCII (33 to 126), with ``code`` evaluated once."""
+    return f"(abs({code} * 2 - 159) <= 93)"
 
 
 def _mapped(expr: str, table: dict[str, str]) -> str:
