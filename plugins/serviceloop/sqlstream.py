@@ -55,7 +55,6 @@ from serviceloop.sources import EntityMapping
 
 log = logging.getLogger(__name__)
 
-ROW_NUMBER = "_row_number"  # serviceloop.validation.ROW_NUMBER (not imported: it pulls in the suites)
 FETCH_ROWS = 10_000  # rows per fetch from an unbuffered MySQL cursor
 BLOCK_BYTES = 1 << 20  # CSV text handed to COPY at a time
 PIPE_BYTES = 1 << 20
@@ -112,8 +111,8 @@ class Plan:
 
     @property
     def columns(self) -> list[str]:
-        """The landing columns the stream fills, in its order."""
-        return [ROW_NUMBER, *(f.name for f, _, _ in self.selected), *self.constants]
+        """The landing columns the stream fills, in its order (the landing numbers the rows)."""
+        return [*(f.name for f, _, _ in self.selected), *self.constants]
 
 
 def plan(conn, table: str, entity: Entity, mapping: EntityMapping) -> Plan:
@@ -237,10 +236,9 @@ def _pg_select(p: Plan, mapping: EntityMapping, window_start, window_end, quote)
     if window_start is not None:
         where += f" and {quote(p.watermark)} >= {window_start}"
     table = f"{quote(p.schema)}.{quote(p.table)}" if p.schema else quote(p.table)
-    return (
-        f"select row_number() over (order by {order}) - 1, {', '.join(exprs)}"
-        f" from {table} where {where} order by {order}"
-    )
+    # No row_number() here: a window over the rows would render them in one process, where
+    # without it PostgreSQL's parallel workers can render their share before the ordered merge.
+    return f"select {', '.join(exprs)} from {table} where {where} order by {order}"
 
 
 def _pg_copy(raw, p: Plan, mapping: EntityMapping, window_start, window_end) -> Callable:
@@ -382,13 +380,11 @@ def _mysql_blocks(raw, query: str, params: dict, renderers: list[Callable], cons
     out = io.StringIO()
     # \r\n ends a record, so a field holding either character is quoted (COPY refuses a bare \r).
     writer = csv.writer(out, lineterminator="\r\n")
-    number = 0
     with contextlib.closing(raw.cursor(pymysql.cursors.SSCursor)) as cur:
         cur.execute(query, params)
         while rows := cur.fetchmany(FETCH_ROWS):
             for row in rows:
-                writer.writerow([number, *[r(v) for r, v in zip(renderers, row, strict=True)], *constants])
-                number += 1
+                writer.writerow([*[r(v) for r, v in zip(renderers, row, strict=True)], *constants])
             if out.tell() >= BLOCK_BYTES:
                 yield out.getvalue().encode("utf-8")
                 out.seek(0)
