@@ -199,10 +199,11 @@ def _stripped(x: str, *, blank_is_null: bool = False) -> str:
     Trimming with all of Unicode's spaces costs a comparison per space and end; a value that
     starts and ends in printable ASCII (nearly all) has nothing to trim and is not blank, which
     its first character and its last byte tell. This runs on every text value of every row
-    extracted, so each is read once: ``between`` would evaluate its operand twice, and the last
-    character taken with ``right`` costs twice the last byte (a PostgreSQL server encoding is
-    ASCII-safe: a byte below 128 is an ASCII character, never part of another). The first test
-    keeps an empty value away from the second, whose byte offset would be -1.
+    extracted, so each is read once (``between`` would evaluate its operand twice), and the end
+    is read as the last byte, which costs less than the last character taken with ``right``
+    (a PostgreSQL server encoding is ASCII-safe: a byte below 128 is an ASCII character, never
+    part of another). The first test keeps an empty value away from the second, whose byte
+    offset would be -1.
     """
     trimmed = f"btrim({x}, {_literal(WHITESPACE)})"
     if blank_is_null:
@@ -384,7 +385,7 @@ def _mysql_blocks(raw, query: str, params: dict, renderers: list[Callable], cons
         cur.execute(query, params)
         while rows := cur.fetchmany(FETCH_ROWS):
             for row in rows:
-                writer.writerow([*[r(v) for r, v in zip(renderers, row, strict=True)], *constants])
+                writer.writerow([*(r(v) for r, v in zip(renderers, row, strict=True)), *constants])
             if out.tell() >= BLOCK_BYTES:
                 yield out.getvalue().encode("utf-8")
                 out.seek(0)
