@@ -208,7 +208,7 @@ def _ingest(params: dict) -> dict:
     build_validator = ingest.validator
 
     def timed_validator(entity: str, url: str):
-        # Building the GX context and suite (once per entity and process) is part of what validation costs.
+        # Of the batch's validation, the part that builds the GX context and suite (once per entity and process).
         started = time.perf_counter()
         built = build_validator(entity, url)
         spent["validation"] += time.perf_counter() - started
