@@ -73,6 +73,9 @@ def test_the_simulated_organisation_has_the_size_asked_for(results):
     assert 4 <= read["ticket_events"] / read["tickets"] <= 9
     assert 0.15 <= read["surveys"] / read["tickets"] <= 0.45
     assert m["load"]["rows"] == read["tickets"] + read["ticket_events"]
+    # The reference loads (COPY from the file, the source piped straight into a typed table)
+    # carry the rows the ingest read, every one.
+    assert m["anchors"]["copy_rows"] == m["one_write"]["rows"] == m["load"]["rows"]
     # Where the load's time went: each phase took some, and together they fit in it.
     phases = m["load"]["phases"]
     assert set(phases) == {"extract", "data_docs", "load"} and all(_positive(v) for v in phases.values()), phases

@@ -16,8 +16,11 @@ work. The machine may be noisy, so what counts are the ratios:
 | peak RSS of any stage at the largest size | | <= 1.5 GB |
 | the Service quality page (its mart queries as the analyst, and the render), slowest view | | < 1 s |
 
-``pandas.DataFrame.to_sql``, the loading path most pipelines start with, is measured
-beside them for reference (on at most ``TO_SQL_ROWS`` rows per table: it is that slow).
+Two loading paths are measured beside them for reference: ``pandas.DataFrame.to_sql``, the
+one most pipelines start with (on at most ``TO_SQL_ROWS`` rows per table: it is that slow),
+and the source's rows piped straight into a table with raw's types (``COPY ... TO STDOUT``
+into ``COPY ... FROM STDIN``), which writes each row once: what a load without a staged
+landing table, and without validation between the two, would cost.
 
 Everything runs in a state folder of its own (``<SERVICELOOP_HOME>/bench`` by default) with
 its own embedded PostgreSQL, so the user's warehouse is never touched. Each measured stage
@@ -34,6 +37,7 @@ import datetime as dt
 import json
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import sys
@@ -59,6 +63,7 @@ LABELS = {
     "load": "load into raw (rows/s) vs psql COPY",
     "load_with_validation": "load + validation (rows/s) vs psql COPY",
     "to_sql": "pandas to_sql (rows/s) vs psql COPY",
+    "one_write": "source straight into a typed table, one write (rows/s) vs psql COPY",
     "validation": "validation: GX vs one SQL pass (s)",
     "extract_rss": "extract from SQL: batch peak RSS (MB)",
     "dbt_full": "dbt full build of the models (s)",
@@ -394,8 +399,18 @@ def validation_sql(entity: str, table: str, known_tickets: str | None = None) ->
     """
 
 
+def _psql_args(url: str, command: str) -> list[str]:
+    return ["psql", "--no-psqlrc", "-v", "ON_ERROR_STOP=1", "-q", url, "-c", command]
+
+
 def _psql(url: str, command: str, log: Path) -> dict:
-    return measured(["psql", "--no-psqlrc", "-v", "ON_ERROR_STOP=1", "-q", url, "-c", command], log=log)
+    return measured(_psql_args(url, command), log=log)
+
+
+def _psql_pipe(source_url: str, copy_out: str, target_url: str, copy_in: str, log: Path) -> dict:
+    """One psql's ``COPY ... TO STDOUT`` piped into another's ``COPY ... FROM STDIN``, timed whole."""
+    pipe = f"{shlex.join(_psql_args(source_url, copy_out))} | {shlex.join(_psql_args(target_url, copy_in))}"
+    return measured(["bash", "-o", "pipefail", "-c", pipe], log=log)
 
 
 # --- one size ------------------------------------------------------------------------------
@@ -502,6 +517,7 @@ class Bench:
         self.say(f"[{size:,}] anchors: psql COPY, SQL validation pass, to_sql")
         wh_url, hd_url = warehouse.url(), warehouse.url(HELPDESK_DB)
         files, copy_seconds, sql_seconds, sql_counts = {}, 0.0, 0.0, {}
+        one_write_seconds, one_write_rows, copy_rows = 0.0, 0, 0
 
         for name in LOAD_ENTITIES:
             entity = ENTITIES[name]
@@ -524,6 +540,22 @@ class Bench:
                 wh_url, f"\\copy bench.{name}_copy ({', '.join(entity.columns)}) from '{path}' with (format csv)",
                 self.log_path,
             )["seconds"]  # fmt: skip
+            # For reference, what a load that writes each row once would cost: the source's rows
+            # in the same canonical text, piped straight into a table with raw's types.
+            with contextlib.closing(psycopg2.connect(wh_url)) as conn, conn.cursor() as cur:
+                cur.execute(f"create table bench.{name}_direct (like bench.{name}_copy)")
+                conn.commit()
+            one_write_seconds += _psql_pipe(
+                hd_url, f"copy ({_canonical_sql(entity)}) to stdout",
+                wh_url, f"copy bench.{name}_direct ({', '.join(entity.columns)}) from stdin", self.log_path,
+            )["seconds"]  # fmt: skip
+            with contextlib.closing(psycopg2.connect(wh_url)) as conn, conn.cursor() as cur:
+                cur.execute(
+                    f"select (select count(*) from bench.{name}_direct), (select count(*) from bench.{name}_copy)"
+                )
+                direct, copied = cur.fetchone()
+                one_write_rows += direct
+                copy_rows += copied
             # Staged as text (untimed), then one timed SQL pass of the suite's checks.
             _psql(
                 wh_url,
@@ -538,7 +570,10 @@ class Bench:
                 sql_counts[name] = dict(cur.fetchall())
                 sql_seconds += time.perf_counter() - started
         to_sql = child("to_sql", {"files": files, "limit": TO_SQL_ROWS}, self.log_path)
-        m["anchors"] = {"copy_seconds": copy_seconds, "sql_validation_seconds": sql_seconds, "to_sql": to_sql}
+        m["anchors"] = {
+            "copy_seconds": copy_seconds, "copy_rows": copy_rows, "sql_validation_seconds": sql_seconds,
+            "to_sql": to_sql, "one_write_seconds": one_write_seconds, "one_write_rows": one_write_rows,
+        }  # fmt: skip
         save(m)
 
         self.say(f"[{size:,}] ingest the history, each entity in a process of its own")
@@ -581,6 +616,10 @@ class Bench:
             "rows": to_sql["rows"], "seconds": to_sql["work_seconds"], "rows_per_s": to_sql["rows"] / to_sql["work_seconds"],
             "anchor_rows_per_s": copy_rate, "ratio": (to_sql["rows"] / to_sql["work_seconds"]) / copy_rate,
             "peak_rss_mb": to_sql["peak_rss_mb"],
+        }  # fmt: skip
+        m["one_write"] = {
+            "rows": one_write_rows, "seconds": one_write_seconds, "rows_per_s": one_write_rows / one_write_seconds,
+            "anchor_rows_per_s": copy_rate, "ratio": (one_write_rows / one_write_seconds) / copy_rate,
         }  # fmt: skip
         m["validation"] = {
             "rows": load_rows, "seconds": gx_seconds, "anchor_seconds": sql_seconds, "ratio": gx_seconds / sql_seconds,
@@ -817,7 +856,7 @@ def rows(results: dict) -> list[dict]:
                         "entity": entity, "rows": e["rows"],
                     })  # fmt: skip
                 continue
-            if stage in ("load", "load_with_validation", "to_sql"):
+            if stage in ("load", "load_with_validation", "to_sql", "one_write"):
                 value, anchor = m["rows_per_s"], m["anchor_rows_per_s"]
             else:
                 value, anchor = m.get("seconds", m.get("peak_rss_mb")), m.get("anchor_seconds")
@@ -913,7 +952,7 @@ def markdown_table(results: dict) -> str:
     table = [
         ("load", LABELS["load"], rate),
         ("load", "of which extract / Data Docs / move into raw (s)", phases),
-        *((stage, LABELS[stage], rate) for stage in ("load_with_validation", "to_sql")),
+        *((stage, LABELS[stage], rate) for stage in ("load_with_validation", "to_sql", "one_write")),
         ("validation", LABELS["validation"], timed),
         ("dbt_full", LABELS["dbt_full"], lambda m: _num(m["seconds"], 1)),
         *((stage, LABELS[stage], timed) for stage in ("dbt_incremental", "dbt_tests")),
