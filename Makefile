@@ -50,13 +50,13 @@ evidently-ui: $(STAMP) ## the Evidently UI on 127.0.0.1:8000: each segment's dri
 	$(BIN)/serviceloop evidently-ui
 
 lint: $(STAMP) ## ruff (with Airflow's AIR rules) and sqlfluff
-	$(BIN)/ruff check plugins dags tests
-	$(BIN)/ruff format --check plugins dags tests
+	$(BIN)/ruff check plugins dags tests bench
+	$(BIN)/ruff format --check plugins dags tests bench
 	$(BIN)/sqlfluff lint dbt_project/models dbt_project/macros
 
 format: $(STAMP) ## apply ruff's formatting and fixes
-	$(BIN)/ruff format plugins dags tests
-	$(BIN)/ruff check --fix plugins dags tests
+	$(BIN)/ruff format plugins dags tests bench
+	$(BIN)/ruff check --fix plugins dags tests bench
 
 up: $(STAMP) ## start the Airflow UI on 127.0.0.1:8080 with the pipeline's DAGs (prints the login)
 	$(BIN)/serviceloop up

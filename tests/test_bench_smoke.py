@@ -42,7 +42,7 @@ def results():
     try:
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-        yield json.loads(output.read_text()), proc.stdout
+        yield json.loads(output.read_text()), proc.stdout, work
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -52,7 +52,7 @@ def _positive(value) -> bool:
 
 
 def test_every_stage_has_its_row_with_a_measured_ratio(results):
-    data, stdout = results
+    data, stdout, _ = results
     by_stage = {r["stage"]: r for r in data["rows"] if r["size"] == SIZE}
     assert set(by_stage) == set(bench.LABELS), "one row per stage"
     for stage, row in by_stage.items():
@@ -66,7 +66,7 @@ def test_every_stage_has_its_row_with_a_measured_ratio(results):
 
 
 def test_the_simulated_organisation_has_the_size_asked_for(results):
-    data, _ = results
+    data, _, _ = results
     m = data["sizes"][str(SIZE)]
     read = {e: r["rows_read"] for e, r in m["ingest_history"]["entities"].items()}
     assert 0.85 * SIZE <= read["tickets"] <= 1.15 * SIZE
@@ -89,14 +89,14 @@ def test_the_simulated_organisation_has_the_size_asked_for(results):
 
 
 def test_the_sql_anchor_checks_what_great_expectations_checks(results):
-    data, _ = results
+    data, _, _ = results
     validation = data["sizes"][str(SIZE)]["validation"]
     assert validation["sql_failed_rules"] == validation["gx_failed_rules"]
     assert sum(validation["gx_failed_rules"]["tickets"].values()) > 0, "the simulator's bad records are caught"
 
 
 def test_drift_and_the_daily_interval_measure_the_whole_work(results):
-    data, _ = results
+    data, _, _ = results
     m = data["sizes"][str(SIZE)]
     drift = m["drift"]
     assert drift["days"] >= 7 and drift["runs"] == drift["days"] * 5, "every team on every day"
@@ -118,7 +118,7 @@ def test_drift_and_the_daily_interval_measure_the_whole_work(results):
 
 
 def test_the_service_quality_page_is_timed_on_each_of_its_views(results):
-    data, _ = results
+    data, _, _ = results
     dashboard = data["sizes"][str(SIZE)]["dashboard"]
     views = dashboard["views_ms"]
     assert len(views) == 4 and {"organisation/week", "organisation/month"} <= set(views)
@@ -126,10 +126,36 @@ def test_the_service_quality_page_is_timed_on_each_of_its_views(results):
 
 
 def test_results_say_where_and_on_what_they_were_measured(results):
-    data, _ = results
+    data, _, _ = results
     m = data["sizes"][str(SIZE)]
     assert len(m["commit"]["hash"]) == 40
     assert data["machine"]["nproc"] >= 1 and data["machine"]["memory_gb"] > 0
     stages = m["peak_rss"]["stages"]
     assert all(50 < mb < 8192 for mb in stages.values()), stages
     assert m["peak_rss"]["peak_rss_mb"] == max(stages.values())
+
+
+def test_the_load_paths_script_runs_on_the_helpdesk_the_bench_left(results):
+    """`bench/load_paths.py` (bench/README.md, "What 0.8x takes") measures every way, and
+    stops the bench's server again, as the bench left it."""
+    _, _, work = results
+    env = {**os.environ, "SERVICELOOP_HOME": str(work / "bench")}
+    env.pop("AIRFLOW_HOME", None)
+    env.pop("SERVICELOOP_WAREHOUSE_URL", None)
+    script = Path(__file__).resolve().parents[1] / "bench" / "load_paths.py"
+    proc = subprocess.run(
+        [sys.executable, str(script), "--rounds", "1"], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    events = int(proc.stdout.split("ticket events in the helpdesk: ")[1].split()[0].replace(",", ""))
+    assert events > 4 * SIZE, proc.stdout  # about 6.6 events a ticket
+    ways = [line for line in proc.stdout.splitlines() if line.endswith("x of the anchor's throughput")]
+    assert len(ways) == 7, proc.stdout
+    for line in ways:
+        seconds = float(line.rsplit(": ", 1)[1].split(" s,")[0])
+        assert _positive(seconds), line
+    status = subprocess.run(
+        [str(Path(sys.executable).with_name("serviceloop")), "warehouse", "status"],
+        env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert "stopped" in status.stdout, status.stdout
