@@ -40,7 +40,7 @@ run: $(STAMP) ## the main job: simulate 120 days, run ingest, dbt and drift thro
 test: $(STAMP) lint browser ## lint, then the whole test suite (what CI runs)
 	$(BIN)/pytest
 
-bench: $(STAMP) ## each stage beside its bare anchor at 10k, 100k, 1M tickets -> bench/results.json (1M: over an hour)
+bench: $(STAMP) ## each stage beside its bare anchor at 10k, 100k, 1M tickets -> bench/results.json (1M: 20-30 min)
 	$(BIN)/serviceloop bench
 
 evaluate-detection: $(STAMP) ## drift monitor vs a z-score baseline on simulated scenarios -> bench/detection.json (~10 min)
