@@ -29,8 +29,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
-import shlex
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -45,7 +43,7 @@ from serviceloop.sources import SCHEDULED
 
 ENTITY = ENTITIES["ticket_events"]
 COLUMNS = ", ".join(ENTITY.columns)
-TABLES = ("paths_copy", "paths_raw", "paths_typed", "paths_pipe")
+TABLES = ("paths_copy", "paths_raw", "paths_pipe")  # in the bench schema
 START, END = dt.datetime(1970, 1, 1, tzinfo=dt.UTC), dt.datetime(2100, 1, 1, tzinfo=dt.UTC)
 
 
@@ -64,22 +62,11 @@ def typed_table(wh: str, name: str, schema: str = "bench") -> None:
     )
 
 
-def psql(url: str, command: str) -> list[str]:
-    return ["psql", "--no-psqlrc", "-v", "ON_ERROR_STOP=1", "-q", url, "-c", command]
-
-
-def timed(args: list[str]) -> float:
-    started = time.perf_counter()
-    subprocess.run(args, check=True)
-    return time.perf_counter() - started
-
-
 def piped(hd: str, query: str, wh: str, fmt: str) -> float:
     """The source's ``COPY (query) TO STDOUT`` piped into a typed table's ``COPY FROM STDIN``."""
     typed_table(wh, "paths_pipe")
-    out = psql(hd, f"copy ({query}) to stdout (format {fmt})")
-    into = psql(wh, f"copy bench.paths_pipe ({COLUMNS}) from stdin (format {fmt})")
-    return timed(["bash", "-o", "pipefail", "-c", f"{shlex.join(out)} | {shlex.join(into)}"])
+    copy_out = f"copy ({query}) to stdout (format {fmt})"
+    return bench._psql_pipe(hd, copy_out, wh, f"copy bench.paths_pipe ({COLUMNS}) from stdin (format {fmt})")["seconds"]
 
 
 def main() -> None:
@@ -111,8 +98,8 @@ def main() -> None:
 
         with tempfile.TemporaryDirectory() as folder:
             csv = Path(folder) / "ticket_events.csv"
-            subprocess.run(
-                psql(hd, f"\\copy ({bench._canonical_sql(ENTITY)}) to '{csv}' with (format csv)"), check=True
+            bench.measured(
+                bench._psql_args(hd, f"\\copy ({bench._canonical_sql(ENTITY)}) to '{csv}' with (format csv)")
             )
 
             with contextlib.closing(psycopg2.connect(hd)) as conn, conn.cursor() as cur:
@@ -121,7 +108,8 @@ def main() -> None:
 
             def anchor() -> float:
                 typed_table(wh, "paths_copy")
-                return timed(psql(wh, f"\\copy bench.paths_copy ({COLUMNS}) from '{csv}' with (format csv)"))
+                copy_in = f"\\copy bench.paths_copy ({COLUMNS}) from '{csv}' with (format csv)"
+                return bench.measured(bench._psql_args(wh, copy_in))["seconds"]
 
             def two_writes() -> tuple[float, float]:
                 with contextlib.closing(psycopg2.connect(wh)) as conn:
@@ -143,8 +131,8 @@ def main() -> None:
                         )
                         conn.commit()
                         moved = time.perf_counter() - began
-                        cur.execute("drop table landing.paths_text")
-                        conn.commit()
+                    ingest.drop_landing(conn, "paths_text")
+                    conn.commit()
                 return extracted, moved
 
             def one_write() -> float:
@@ -158,7 +146,8 @@ def main() -> None:
                     began = time.perf_counter()
                     ingest.stage(conn, "paths_typed", ENTITY, stream())
                     seconds = time.perf_counter() - began
-                execute(wh, "drop table landing.paths_typed")
+                    ingest.drop_landing(conn, "paths_typed")
+                    conn.commit()
                 return seconds
 
             for number in range(1, rounds + 1):
