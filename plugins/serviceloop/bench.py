@@ -936,12 +936,9 @@ def markdown_table(results: dict) -> str:
         own = m.get("phases")
         return " / ".join(_num(own[p], 1) for p in ("extract", "data_docs", "load")) if own else ""
 
-    def setup(m: dict) -> str:
-        # Absent from results of an older bench.
-        return _num(m["setup_seconds"], 1) if "setup_seconds" in m else ""
-
-    def floor(m: dict) -> str:
-        return _num(m["floor_seconds"], 1) if "floor_seconds" in m else ""
+    def seconds(key: str):
+        # A measurement that results of an older bench may not have.
+        return lambda m: _num(m[key], 1) if key in m else ""
 
     def timelines(m: dict) -> list[dict] | None:
         # Absent from results of an older bench; empty where Airflow's log lines were not found.
@@ -965,12 +962,16 @@ def markdown_table(results: dict) -> str:
         ("load", "of which extract / Data Docs / move into raw (s)", phases),
         *((stage, LABELS[stage], rate) for stage in ("load_with_validation", "to_sql", "one_write")),
         ("validation", LABELS["validation"], timed),
-        ("validation", "of which GX's import and setup, one per entity's process, summed (s)", setup),
-        ("dbt_full", LABELS["dbt_full"], lambda m: _num(m["seconds"], 1)),
+        (
+            "validation",
+            "of which GX's import and setup, one per entity's process, summed (s)",
+            seconds("setup_seconds"),
+        ),
+        ("dbt_full", LABELS["dbt_full"], seconds("seconds")),
         ("dbt_incremental", LABELS["dbt_incremental"], timed),
-        ("dbt_incremental", "dbt's floor: the same command selecting no model (s)", floor),
+        ("dbt_incremental", "dbt's floor: the same command selecting no model (s)", seconds("floor_seconds")),
         ("dbt_tests", LABELS["dbt_tests"], timed),
-        ("ingest_increment", LABELS["ingest_increment"], lambda m: _num(m["seconds"], 1)),
+        ("ingest_increment", LABELS["ingest_increment"], seconds("seconds")),
         ("drift", LABELS["drift"], timed),
         (day, LABELS[day], timed),
         (day, "of which ingest / transform / drift DAG vs bare (s)", dags),
