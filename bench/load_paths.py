@@ -53,13 +53,16 @@ def execute(url: str, statement: str) -> None:
         conn.commit()
 
 
-def typed_table(wh: str, name: str, schema: str = "bench") -> None:
-    """An empty table with raw's column types for the contract's columns."""
-    execute(
-        wh,
+def typed_table_sql(name: str, schema: str = "bench") -> str:
+    """(Re)creates an empty table with raw's column types for the contract's columns."""
+    return (
         f"drop table if exists {schema}.{name}; create table {schema}.{name} as"
-        f" select {COLUMNS} from raw.helpdesk__ticket_events with no data",
+        f" select {COLUMNS} from raw.helpdesk__ticket_events with no data"
     )
+
+
+def typed_table(wh: str, name: str) -> None:
+    execute(wh, typed_table_sql(name))
 
 
 def piped(hd: str, query: str, wh: str, fmt: str) -> float:
@@ -123,11 +126,10 @@ def main() -> None:
                             " create table bench.paths_raw (like raw.helpdesk__ticket_events including all)"
                         )
                         conn.commit()
-                        casts = COLUMNS.replace("occurred_at", "occurred_at::timestamptz")
                         began = time.perf_counter()
-                        cur.execute(
+                        cur.execute(  # with the casts the batch's move into raw makes (ingest.load_rows)
                             f"insert into bench.paths_raw ({COLUMNS}, _batch_id, _loaded_at)"
-                            f" select {casts}, 'paths', now() from landing.paths_text"
+                            f" select {ingest._casts(ENTITY, 'staged')}, 'paths', now() from landing.paths_text as staged"
                         )
                         conn.commit()
                         moved = time.perf_counter() - began
@@ -138,11 +140,7 @@ def main() -> None:
             def one_write() -> float:
                 with contextlib.closing(psycopg2.connect(wh)) as conn:
                     with conn.cursor() as cur:  # created in the COPY's transaction, as a landing table is
-                        cur.execute("drop table if exists landing.paths_typed")
-                        cur.execute(
-                            f"create table landing.paths_typed as select {COLUMNS}"
-                            " from raw.helpdesk__ticket_events with no data"
-                        )
+                        cur.execute(typed_table_sql("paths_typed", "landing"))
                     began = time.perf_counter()
                     ingest.stage(conn, "paths_typed", ENTITY, stream())
                     seconds = time.perf_counter() - began
